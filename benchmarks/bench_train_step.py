@@ -1,0 +1,160 @@
+"""Training-step cost of each objective, side by side in one run, and model FLOP utilisation.
+
+    python benchmarks/bench_train_step.py --data runs/quick/data --student small --teacher teacher
+    python benchmarks/bench_train_step.py --data DATA --device cuda --student base --teacher big --steps 40
+
+For each objective (none, word-KD, TIE-KD with N=1 and N=3) the same student preset and teacher preset
+(random weights: speed does not depend on their values) train on the same real batches. Printed:
+target tokens/s, the ratio to the no-KD step, peak memory, and model FLOP utilisation (MFU) against
+the dense matmul peak measured in the same run (fp32 on CPU, bf16 on GPU). Model FLOPs count
+6 x parameters x tokens for the student's forward+backward (encoder over source tokens, decoder and
+output layer over target tokens, times N decoder passes) and 2 x parameters x tokens for the teacher's
+forward passes; attention's length-quadratic terms are left out (Multi30k sentences are short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeat: int = 5) -> float:
+    """Measured dense matmul throughput in FLOP/s."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    sync(device)
+    return 2 * size ** 3 * repeat / (time.perf_counter() - started)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def split_params(model) -> tuple[int, int, int]:
+    """(encoder, decoder, output layer) parameter counts; embeddings' lookups cost no FLOPs."""
+    enc = sum(p.numel() for n, p in model.model.encoder.named_parameters() if "embed" not in n)
+    dec = sum(p.numel() for n, p in model.model.decoder.named_parameters() if "embed" not in n)
+    out = model.config.vocab_size * model.config.d_model
+    return enc, dec, out
+
+
+def step_flops(student, teacher, src_tokens: int, tgt_tokens: int, passes: int, with_teacher: bool) -> float:
+    s_enc, s_dec, s_out = split_params(student)
+    flops = 6 * (s_enc * src_tokens + (s_dec + s_out) * tgt_tokens * passes)
+    if with_teacher:
+        t_enc, t_dec, t_out = split_params(teacher)
+        flops += 2 * (t_enc * src_tokens + (t_dec + t_out) * tgt_tokens * passes)
+    return flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="prepared-data folder")
+    parser.add_argument("--student", default="small")
+    parser.add_argument("--teacher", default="teacher")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per objective")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--methods", default="none,word-kd,tie-kd:1,tie-kd:3")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    from tiekd.batching import collate, encode_pair_files, make_batches
+    from tiekd.config import RunConfig
+    from tiekd.data.prepare import load_prepared
+    from tiekd.models import build_model, parameter_count
+    from tiekd.objectives import DistillationObjective
+    from tiekd.tokenizer import load_tokenizer
+    from tiekd.trainer import autocast_context, pick_device
+
+    device = pick_device(args.device)
+    prepared = load_prepared(args.data)
+    tokenizer = load_tokenizer(prepared.tokenizer_dir)
+    corpus = encode_pair_files(tokenizer, *prepared.splits["train"])
+    batches = make_batches(corpus, args.max_tokens)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    needed = args.warmup + args.steps
+    chosen = [collate(corpus, batches[i]) for i in order[:needed]]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 2048)
+    torch.manual_seed(0)
+    teacher = build_model(args.teacher, tokenizer).to(device).eval().requires_grad_(False)
+    if device.type == "cuda":
+        teacher = teacher.to(torch.bfloat16)
+    results = []
+    for spec in args.methods.split(","):
+        method, _, passes = spec.partition(":")
+        passes = int(passes or 1)
+        torch.manual_seed(0)
+        student = build_model(args.student, tokenizer).to(device).train()
+        config = RunConfig(data=args.data, out="unused", method=method, teacher="t" if method != "none" else "",
+                           iterative_passes=passes)
+        objective = DistillationObjective(student, config, teacher if method != "none" else None)
+        module = torch.compile(objective) if args.compile else objective
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-4, betas=(0.9, 0.98))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        tokens = flops = 0.0
+        for k, batch in enumerate(chosen):
+            if k == args.warmup:
+                sync(device)
+                started = time.perf_counter()
+                tokens = flops = 0.0
+            batch = batch.to(device)
+            with autocast_context(device, "auto"):
+                loss, _ = module(batch.input_ids, batch.attention_mask, batch.labels)
+            (loss / batch.num_target_tokens).backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += batch.num_target_tokens
+            src_tokens = int(batch.attention_mask.sum())
+            flops += step_flops(student, teacher, src_tokens, batch.num_target_tokens,
+                                passes if method == "tie-kd" else 1, method != "none")
+        sync(device)
+        seconds = time.perf_counter() - started
+        row = {"method": spec, "tokens_per_s": tokens / seconds, "model_tflops": flops / seconds / 1e12,
+               "mfu": flops / seconds / peak, "student_params": parameter_count(student),
+               "teacher_params": parameter_count(teacher)}
+        if device.type == "cuda":
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        results.append(row)
+        del student, objective, module, optimizer
+    base = results[0]["tokens_per_s"]
+    header = f"{'objective':12} {'tok/s':>10} {'vs none':>8} {'TFLOP/s':>8} {'MFU':>7}" + (
+        f" {'peak GiB':>9}" if device.type == "cuda" else "")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    print(f"device {name}; matmul peak {peak / 1e12:.2f} TFLOP/s ({dtype}); student {args.student} "
+          f"({results[0]['student_params'] / 1e6:.1f}M), teacher {args.teacher} ({results[0]['teacher_params'] / 1e6:.1f}M); "
+          f"max_tokens {args.max_tokens}, {args.steps} timed steps")
+    print(header)
+    for row in results:
+        line = (f"{row['method']:12} {row['tokens_per_s']:10.0f} {row['tokens_per_s'] / base:8.2f} "
+                f"{row['model_tflops']:8.3f} {100 * row['mfu']:6.2f}%")
+        if "peak_memory_gib" in row:
+            line += f" {row['peak_memory_gib']:9.2f}"
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "matmul_peak_flops": peak, "results": results,
+                                               "args": vars(args)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

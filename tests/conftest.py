@@ -1,0 +1,74 @@
+"""Shared fixtures: real Multi30k slices, a prepared-data folder and a tiny trained teacher.
+
+The data comes from ../shared/data/multi30k (or $TIEKD_MULTI30K_DIR); every model here is tiny so the
+whole suite runs in minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def multi30k_dir() -> Path:
+    env = os.environ.get("TIEKD_MULTI30K_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k")
+    for candidate in candidates:
+        if (candidate / "train.de").is_file():
+            return candidate
+    pytest.fail(f"Multi30k not found in {candidates}; set TIEKD_MULTI30K_DIR")
+
+
+def head(path: Path, n: int, skip: int = 0) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    return lines[skip:skip + n]
+
+
+@pytest.fixture(scope="session")
+def multi30k() -> Path:
+    return multi30k_dir()
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, multi30k) -> Path:
+    """2,000 real training pairs, 100 validation pairs, a 1,000-piece joint tokenizer."""
+    from tiekd.data.prepare import prepare_data
+
+    root = tmp_path_factory.mktemp("slice")
+    for split, n in (("train", 2000), ("val", 100)):
+        for lang in ("de", "en"):
+            (root / f"{split}.{lang}").write_text("\n".join(head(multi30k / f"{split}.{lang}", n)) + "\n", encoding="utf-8")
+    out = root / "prepared"
+    prepare_data(out, train=(root / "train.de", root / "train.en"), valid=(root / "val.de", root / "val.en"),
+                 vocab_size=1000, verbose=False)
+    return out
+
+
+def small_config(prepared: Path, out: Path, **overrides):
+    """A run that takes seconds: tiny model, small batches, no dropout noise unless asked."""
+    from tiekd.config import RunConfig
+
+    values = dict(data=str(prepared), out=str(out), model="micro", max_tokens=1024, max_updates=20,
+                  warmup_updates=10, lr=3e-3, valid_every=10, log_every=1, valid_max_sentences=20,
+                  deterministic=True, seed=7)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory, prepared) -> Path:
+    """A tiny teacher trained for a few hundred updates on the slice (its best checkpoint folder)."""
+    from tiekd.trainer import run_training
+
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    config = small_config(prepared, out, model="tiny", dropout=0.0, max_updates=150, valid_every=150,
+                          log_every=50, max_tokens=2048, lr=3e-3, warmup_updates=30, valid_bleu=False)
+    run_training(config, quiet=True)
+    return out / "checkpoints" / "best"

@@ -1,0 +1,152 @@
+"""Data parallelism (`torchrun -m tiekd ...`) on CPUs with gloo.
+
+Two processes with `--update-freq 1` consume the same two batches per update as one process with
+`--update-freq 2` (see `batching.update_batches`), and the loss is normalised by the global token count,
+so they must log the same losses and end with the same parameters (up to float summation order).
+Only rank 0 writes the run folder; a stop signal to any one rank stops every rank after the same update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiekd import checkpoint
+
+ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                        "MASTER_PORT")}
+ENV["OMP_NUM_THREADS"] = "1"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tiekd"]
+SINGLE = [sys.executable, "-m", "tiekd"]
+
+
+def run_args(command: str, data: Path, out: Path, max_updates: int, update_freq: int, teacher: Path | None,
+             *extra: str) -> list[str]:
+    args = [command, "--data", str(data), "--out", str(out), "--model", "micro", "--deterministic", "--device", "cpu",
+            "--max-updates", str(max_updates), "--update-freq", str(update_freq), "--log-every", "1",
+            "--max-tokens", "1024", "--seed", "7", "--lr", "3e-3", "--warmup-updates", "10", *extra]
+    if teacher is not None:
+        args += ["--method", "tie-kd", "--teacher", str(teacher)]
+    return args
+
+
+def run_to_end(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    return done
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*")}
+
+
+def assert_same_training(two: Path, one: Path, steps: int) -> None:
+    """Same losses (each part too), learning rates, gradient norms and final parameters."""
+    got, want = records(two, "train"), records(one, "train")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, steps + 1))
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key in a.keys() - {"tokens_per_s"}:
+            want_value = pytest.approx(b[key], abs=1e-6, rel=1e-6) if isinstance(b[key], float) else b[key]
+            assert a[key] == want_value, (a["step"], key)
+    final = f"checkpoints/step_{steps:07d}/model.safetensors"
+    wa, wb = load_file(str(two / final)), load_file(str(one / final))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-6, rtol=0), key
+
+
+@pytest.mark.parametrize("command, update_freq", [("train", 1), ("distill", 1), ("train", 2)])
+def test_two_processes_equal_one_process_with_the_same_global_batch(command, update_freq, prepared, teacher_dir,
+                                                                    tmp_path):
+    """2 processes x update_freq batches per update == 1 process x 2 * update_freq (update_freq 2 also
+    exercises DDP's no_sync accumulation)."""
+    teacher = teacher_dir if command == "distill" else None
+    # train: validation BLEU on 1 sentence, so rank 1 decodes nothing and the gathering must cope
+    valid = (["--valid-bleu", "--valid-max-sentences", "1", "--valid-beam", "1"] if command == "train"
+             else ["--no-valid-bleu"])
+    two, one = tmp_path / "two", tmp_path / "one"
+    done = run_to_end(TORCHRUN + run_args(command, prepared, two, 3, update_freq, teacher, *valid), tmp_path)
+    run_to_end(SINGLE + run_args(command, prepared, one, 3, 2 * update_freq, teacher, *valid), tmp_path)
+
+    assert done.stdout.count("student: ") == 1 and "x 2 processes" in done.stdout  # rank 0 speaks alone
+    assert_same_training(two, one, 3)
+    (v2,), (v1,) = records(two, "valid"), records(one, "valid")
+    assert v2["step"] == v1["step"] == 3
+    assert v2["loss"] == pytest.approx(v1["loss"], abs=1e-5) and v2["nll"] == pytest.approx(v1["nll"], abs=1e-5)
+    if command == "train":
+        assert v2["bleu"] == pytest.approx(v1["bleu"], abs=1e-9)
+    # only rank 0 wrote: the same files as the one-process run, one line per record
+    assert files(two) == files(one)
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 4
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["interrupted"] is False
+
+
+def worker_pids(launcher: int) -> dict[int, int]:
+    """rank -> pid of the worker processes that torchrun (pid `launcher`) started."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, StopIteration, ValueError):
+            continue
+        rank = [item[5:] for item in environ if item.startswith(b"RANK=")]
+        if parent == launcher and rank:
+            found[int(rank[0])] = int(entry.name)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds torchrun's workers through /proc")
+def test_a_signal_to_one_rank_stops_all_ranks_cleanly_and_the_run_resumes(prepared, tmp_path):
+    run = tmp_path / "run"
+    args = TORCHRUN + run_args("train", prepared, run, 400, 1, None, "--save-every", "2", "--no-valid-bleu")
+    with open(tmp_path / "log.out", "w") as out, open(tmp_path / "log.err", "w") as err:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.step_checkpoints(run / "checkpoints"):
+            assert proc.poll() is None, (tmp_path / "log.err").read_text()[-5000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        workers = worker_pids(proc.pid)
+        assert sorted(workers) == [0, 1], workers
+        os.kill(workers[1], signal.SIGTERM)  # rank 1 only: the all-reduced stop flag must stop rank 0 too
+        assert proc.wait(timeout=120) == 0, (tmp_path / "log.err").read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout = (tmp_path / "log.out").read_text()
+    assert stdout.count("Continue with --resume") == 1 and "stopped by a signal to another rank" in stdout, stdout
+    summary = json.loads((run / "summary.json").read_text())
+    stopped = summary["step"]
+    assert summary["interrupted"] is True and 1 <= stopped < 400
+    assert checkpoint.latest_good_checkpoint(run / "checkpoints").name == f"step_{stopped:07d}"
+    assert [r["step"] for r in records(run, "train")] == list(range(1, stopped + 1))
+
+    # resume with two processes, then compare with one uninterrupted process of the same global batch
+    total = stopped + 2
+    run_to_end(args + ["--resume", "--max-updates", str(total)], tmp_path)
+    one = tmp_path / "one"
+    run_to_end(SINGLE + run_args("train", prepared, one, total, 2, None, "--save-every", "2", "--no-valid-bleu"),
+               tmp_path)
+    assert_same_training(run, one, total)
+    assert json.loads((run / "summary.json").read_text())["interrupted"] is False

@@ -1,0 +1,122 @@
+"""Encoded parallel data and token-count batches with length bucketing.
+
+Batches are built once per run (deterministically from the data), then shuffled per epoch with a
+seeded generator, so the whole data position is `(epoch, index into that epoch's batch order)` and a
+resumed run sees exactly the batches an uninterrupted one would. For data parallelism the batches of
+one update are dealt out over ranks and accumulation steps (see `update_batches`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import TiekdError
+
+
+@dataclass
+class EncodedCorpus:
+    """Token ids of each pair: sources end with `</s>`, targets end with `</s>`."""
+
+    sources: list[list[int]]
+    targets: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+def encode_texts(tokenizer, lines: list[str], batch: int = 2000) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for start in range(0, len(lines), batch):
+        ids.extend(tokenizer(lines[start:start + batch], add_special_tokens=True)["input_ids"])
+    return ids
+
+
+def read_text(path: Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise TiekdError(f"{path}: no such file. Fix: run `tiekd prepare` or check the path")
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [line.rstrip("\r\n") for line in handle]
+
+
+def encode_pair_files(tokenizer, source_path: Path, target_path: Path, max_positions: int = 512) -> EncodedCorpus:
+    """Encode two line-aligned files; lines longer than the model's positions are truncated (warned)."""
+    sources, targets = read_text(source_path), read_text(target_path)
+    if len(sources) != len(targets):
+        raise TiekdError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}. "
+                         "Fix: give line-aligned files (re-run `tiekd prepare`)")
+    src_ids, tgt_ids = encode_texts(tokenizer, sources), encode_texts(tokenizer, targets)
+    eos = tokenizer.eos_token_id
+    truncate = lambda seq: seq if len(seq) <= max_positions else seq[: max_positions - 1] + [eos]
+    return EncodedCorpus([truncate(s) for s in src_ids], [truncate(t) for t in tgt_ids], tokenizer.pad_token_id)
+
+
+@dataclass
+class Batch:
+    """A padded batch. `labels` use `pad_id` at padding (our losses mask by pad id)."""
+
+    input_ids: torch.Tensor       # [B, S]
+    attention_mask: torch.Tensor  # [B, S]
+    labels: torch.Tensor          # [B, T]
+    indices: list[int]            # positions of these pairs in the corpus
+    num_target_tokens: int        # non-pad target tokens (the loss normaliser's share)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True),
+                     self.labels.to(device, non_blocking=True), self.indices, self.num_target_tokens)
+
+
+def make_batches(corpus: EncodedCorpus, max_tokens: int) -> list[list[int]]:
+    """Group pair indices into batches of at most `max_tokens` padded tokens, sorted by length.
+
+    Sorting by (target, source) length before cutting keeps padding low (length bucketing); a single
+    pair longer than `max_tokens` gets a batch of its own.
+    """
+    order = sorted(range(len(corpus)), key=lambda i: (len(corpus.targets[i]), len(corpus.sources[i]), i))
+    batches, current, longest = [], [], 0
+    for index in order:
+        length = max(len(corpus.sources[index]), len(corpus.targets[index]))
+        if current and max(longest, length) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(index)
+        longest = max(longest, length)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def epoch_order(num_batches: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_batches, generator=generator).tolist()
+
+
+def collate(corpus: EncodedCorpus, indices: list[int]) -> Batch:
+    pad = corpus.pad_id
+    src_len = max(len(corpus.sources[i]) for i in indices)
+    tgt_len = max(len(corpus.targets[i]) for i in indices)
+    input_ids = torch.full((len(indices), src_len), pad, dtype=torch.long)
+    labels = torch.full((len(indices), tgt_len), pad, dtype=torch.long)
+    for row, i in enumerate(indices):
+        input_ids[row, : len(corpus.sources[i])] = torch.tensor(corpus.sources[i])
+        labels[row, : len(corpus.targets[i])] = torch.tensor(corpus.targets[i])
+    return Batch(input_ids, (input_ids != pad).long(), labels, indices,
+                 sum(len(corpus.targets[i]) for i in indices))
+
+
+def update_batches(batch_ids: list[int], update_index_in_epoch: int, world_size: int, rank: int,
+                   update_freq: int) -> list[tuple[int, bool]]:
+    """The batches rank `rank` processes for one update, and which are its own.
+
+    One update consumes `world_size * update_freq` consecutive batches of the epoch order; micro-step m
+    of rank r takes batch `m * world_size + r`. Every rank also knows the other ranks' batches, so the
+    global token count (the loss normaliser) needs no communication.
+    """
+    per_update = world_size * update_freq
+    start = update_index_in_epoch * per_update
+    chunk = batch_ids[start:start + per_update]
+    return [(b, k % world_size == rank) for k, b in enumerate(chunk)]

@@ -1,0 +1,111 @@
+"""Checkpoints that survive crashes: written whole or not at all, verified on load.
+
+Layout of a run folder's `checkpoints/`:
+    step_000500/            a standard Hugging Face model folder (weights, config, tokenizer) plus
+        trainer_state.pt    optimizer, scheduler, step, data position, RNG states, run config
+        MANIFEST.json       SHA-256 of every file above, written last
+    best/                   the same, for the best validation score so far
+A checkpoint is built in a hidden temporary folder and renamed into place only when complete, so a
+kill at any moment leaves either the old set of checkpoints or the new one. On load the manifest is
+checked; a damaged checkpoint is reported by name and the newest intact one is used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import TiekdError
+from .io import atomic_write_json, fsync_dir, sha256_file
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+MANIFEST = "MANIFEST.json"
+STEP_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def save_checkpoint(folder: Path, model, tokenizer, trainer_state: dict) -> Path:
+    """Write `folder` atomically: a temporary sibling is filled, fsynced, then renamed over it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(trainer_state, tmp / STATE_FILE)
+    files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    atomic_write_json(tmp / MANIFEST, {"files": {name: sha256_file(tmp / name) for name in files},
+                                       "step": trainer_state.get("step")})
+    fsync_dir(tmp)
+    old = folder.parent / f".{folder.name}.old"
+    if folder.exists():
+        # rename the previous version aside first: a crash between the two renames leaves it recoverable
+        if old.exists():
+            shutil.rmtree(old)
+        folder.rename(old)
+    tmp.rename(folder)
+    fsync_dir(folder.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """None when `folder` is an intact checkpoint, else what is wrong with it."""
+    manifest_path = Path(folder) / MANIFEST
+    if not manifest_path.is_file():
+        return "no MANIFEST.json (the checkpoint was not finished)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "MANIFEST.json is damaged"
+    for name, digest in manifest.get("files", {}).items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its checksum (damaged or modified)"
+    return None
+
+
+def step_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every step checkpoint, oldest first."""
+    found = []
+    if Path(checkpoint_dir).is_dir():
+        for child in Path(checkpoint_dir).iterdir():
+            match = STEP_PATTERN.match(child.name)
+            if match and child.is_dir():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_good_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest intact step checkpoint; damaged newer ones are reported and skipped."""
+    for step, folder in reversed(step_checkpoints(checkpoint_dir)):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder
+        log.warning("checkpoint %s is damaged (%s); falling back to an older one", folder, problem)
+    return None
+
+
+def load_trainer_state(folder: Path) -> dict:
+    problem = verify_checkpoint(folder)
+    if problem is not None:
+        raise TiekdError(f"{folder}: damaged checkpoint: {problem}. Fix: resume from an older checkpoint "
+                         f"(delete this folder and rerun with --resume)")
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def prune_step_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints."""
+    for _, folder in step_checkpoints(checkpoint_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(folder, ignore_errors=True)

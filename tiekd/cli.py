@@ -1,0 +1,197 @@
+"""The `tiekd` command: every subcommand only parses arguments and calls the library.
+
+    tiekd prepare     parallel text -> cleaned splits + joint SentencePiece tokenizer
+    tiekd models      size presets and their parameter counts
+    tiekd train       train a model (teacher or student) with label-smoothed CE
+    tiekd distill     train a student from a teacher (word-KD, seq-KD, TIE-KD, Selective-KD, ...)
+    tiekd average     average the last N checkpoints of a run into a model folder
+    tiekd translate   beam search / greedy decoding, file or stdin to file or stdout
+    tiekd evaluate    sacreBLEU BLEU and chrF, paired bootstrap against a baseline
+    tiekd analyze     top-1 agreement and teacher-gold overlap of a student and a teacher
+    tiekd experiment  the whole pipeline from a preset or YAML (prepare, teacher, students, tables)
+    tiekd export      CTranslate2 export for fast inference
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from .errors import TiekdError
+
+
+def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
+    from .config import KD_METHODS, RunConfig, fields_help
+
+    helps = fields_help()
+    parser.add_argument("--config", help="YAML file of run settings (command-line flags override it)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last good checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    hints = typing.get_type_hints(RunConfig)
+    for field in dataclasses.fields(RunConfig):
+        if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes", "ranking",
+                                          "selective_ratio", "seq_kd_targets", "seq_kd_beam"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        text = helps.get(field.name, "") + f" (default: {field.default})"
+        if kind is bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif field.name == "adam_betas":
+            parser.add_argument(flag, dest=field.name, type=float, nargs=2, default=None, help=text)
+        elif field.name == "method":
+            parser.add_argument(flag, dest=field.name, choices=KD_METHODS, default=None, help=text)
+        else:
+            base = {"int": int, "float": float}.get(getattr(kind, "__name__", ""), None)
+            if base is None:
+                base = float if "float" in str(kind) else (int if "int" in str(kind) else str)
+            parser.add_argument(flag, dest=field.name, type=base, default=None, help=text)
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+def _run_config_from_args(args: argparse.Namespace):
+    from .config import RunConfig, load_config_file
+
+    values = load_config_file(args.config) if args.config else {}
+    source = args.config or "configuration"
+    if args.resume and not args.config and args.out:
+        saved = Path(args.out) / "config.yaml"
+        if saved.is_file():
+            values = load_config_file(saved)
+            source = str(saved)
+    for field in dataclasses.fields(RunConfig):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = value
+    config = RunConfig.from_dict(values, source=source)
+    missing = [name for name in ("data", "out") if not getattr(config, name)]
+    if missing:
+        raise TiekdError(f"missing {', '.join('--' + m for m in missing)}. Fix: name the prepared data "
+                         "folder (--data) and a run folder (--out)")
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import run_training
+
+    config = _run_config_from_args(args)
+    if args.command == "distill" and config.method == "none" and not args.allow_no_kd:
+        raise TiekdError("tiekd distill needs --method (word-kd, seq-kd, tie-kd, selective-kd, kd-top1-only, "
+                         "kd-without-top1, kd-topk). Fix: pass --method, or use `tiekd train` for no KD")
+    summary = run_training(config, resume=args.resume, overwrite=args.overwrite)
+    return 0 if summary else 1
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import describe_presets
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    print(f"{'preset':8} {'params':>10} {'d_model':>7} {'layers':>6} {'heads':>5} {'ffn':>5}  (vocab {len(tokenizer.get_vocab())})")
+    for name, count, preset in describe_presets(tokenizer):
+        print(f"{name:8} {count / 1e6:9.2f}M {preset.d_model:7d} {preset.layers:6d} {preset.heads:5d} {preset.ffn_dim:5d}")
+    return 0
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    from .average import average_checkpoints, find_last_checkpoints
+
+    folders = [Path(f) for f in args.checkpoints] if args.checkpoints else find_last_checkpoints(args.run, args.last)
+    out = average_checkpoints(folders, Path(args.out), overwrite=args.overwrite)
+    print(f"averaged {len(folders)} checkpoints ({', '.join(f.name for f in folders)}) into {out}")
+    return 0
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from .translate_cli import run_translate
+
+    return run_translate(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiekd", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from .data.prepare import add_prepare_arguments, run_prepare
+
+    p = sub.add_parser("prepare", help="check parallel text, train the tokenizer, write a prepared-data folder")
+    add_prepare_arguments(p)
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser("models", help="list model size presets with parameter counts")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (prepared data's tokenizer/ or a model)")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a model with label-smoothed cross-entropy")
+    _add_run_config_arguments(p, distill=False)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("distill", help="train a student from a frozen teacher")
+    _add_run_config_arguments(p, distill=True)
+    p.add_argument("--allow-no-kd", action="store_true", help="accept --method none (the No-KD baseline)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("average", help="average the last N checkpoints of a run into a model folder")
+    p.add_argument("run", nargs="?", help="run folder (its checkpoints/step_*)")
+    p.add_argument("--checkpoints", nargs="+", help="explicit model/checkpoint folders instead of a run")
+    p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints (default 5)")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_average)
+
+    from .translate_cli import add_translate_arguments
+
+    p = sub.add_parser("translate", help="translate a file or stdin with beam search or greedy decoding")
+    add_translate_arguments(p)
+    p.set_defaults(func=_cmd_translate)
+
+    from .evaluate import add_evaluate_arguments, run_evaluate
+
+    p = sub.add_parser("evaluate", help="BLEU/chrF with signatures; paired bootstrap against a baseline")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=run_evaluate)
+
+    from .export import add_export_arguments, run_export
+
+    p = sub.add_parser("export", help="export a model to CTranslate2 (int8 by default)")
+    add_export_arguments(p)
+    p.set_defaults(func=run_export)
+
+    for name, module in (("analyze", "analysis"), ("experiment", "experiment")):
+        try:
+            mod = __import__(f"tiekd.{module}", fromlist=["add_arguments", "run"])
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=mod.__doc__.splitlines()[0] if mod.__doc__ else name)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        code = args.func(args)
+    except TiekdError as error:
+        if debug:
+            raise
+        print(f"tiekd: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tiekd: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Multi30k Task 1 (Elliott et al. 2016, https://github.com/multi30k/dataset): locate a local copy or
+download the raw `<split>.<lang>.gz` files, checked against SHA-256 sums embedded here.
+
+The checksums are of the *gunzipped* files of commit a3d2e0d26b56f3846f66a952536ffed4e401d05a (the
+copy in `../shared/data/multi30k`). A download is written under a temporary name and renamed into place
+only once its checksum matches, so a folder never holds a partial or wrong file under a real name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import TiekdError, input_error
+
+DEFAULT_BASE_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
+URL_ENV = "TIEKD_MULTI30K_URL"  # overrides the download base URL (a mirror, or a test server)
+DIR_ENV = "TIEKD_MULTI30K_DIR"  # where a local copy lives, if not in ../shared/data/multi30k
+
+# our split name -> Multi30k file stem; "val" is called "valid" everywhere in tiekd
+SPLITS = {
+    "train": "train",
+    "valid": "val",
+    "test_2016_flickr": "test_2016_flickr",
+    "test_2017_flickr": "test_2017_flickr",
+    "test_2017_mscoco": "test_2017_mscoco",
+    "test_2018_flickr": "test_2018_flickr",
+}
+REQUIRED_SPLITS = ("train", "valid")
+
+SHA256 = {
+    "test_2016_flickr.de": "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16",
+    "test_2016_flickr.en": "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
+    "test_2017_flickr.de": "c3078bc3b36808bf9d20eb2347ed6137016179ef59ec0d2b9b8ecc3fb2880081",
+    "test_2017_flickr.en": "ce1450ddc5ab0834502579d77a170849952e15a2938b34cc503bdc25ebb4fb98",
+    "test_2017_mscoco.de": "58277df3c75f92f7145a11b910b553d1cf82c439249d4dc237c899609eafac22",
+    "test_2017_mscoco.en": "43051fdfa86fd5395182e718a94ca67b1b227b9f7c79596ff0f6b813216981d2",
+    "test_2018_flickr.de": "39fcc8b3331d76fb42d648d019c6898b0d5e58baac87bc2a0bb93f44ec8db207",
+    "test_2018_flickr.en": "4e585c2dd525911a6ea7730e9d0b516239af3f1b1ffae6a2130223cfb639f25e",
+    "train.de": "2c2b73fd2b548fbcde3a875e0a78d6ee94d498bfdee6bd3eae3945779e9ddf72",
+    "train.en": "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6",
+    "val.de": "660e09eb7e1da2f856ea13ee5ad3cf6d36b3d5b0b733c857e94c5747a3dfc660",
+    "val.en": "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227",
+}
+
+
+def default_dirs() -> list[Path]:
+    """Where to look for a local copy, in order: $TIEKD_MULTI30K_DIR, ../shared/data/multi30k from the
+    current folder, and the same beside the repository this package is in."""
+    candidates = [Path(os.environ[DIR_ENV])] if os.environ.get(DIR_ENV) else []
+    candidates.append(Path.cwd() / ".." / "shared" / "data" / "multi30k")
+    candidates.append(Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "multi30k")
+    return candidates
+
+
+def default_cache_dir() -> Path:
+    """Where `--download` puts the files when no folder is named."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "tiekd" / "multi30k"
+
+
+def find_multi30k(folder: str | Path | None = None) -> Path:
+    """The folder holding Multi30k: `folder` if given (it must exist), else the first default that does."""
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise input_error(folder, "no such folder", "pass the folder holding train.de, train.en, val.de, ... "
+                                      "or use --download")
+        return folder
+    for candidate in default_dirs():
+        if (candidate / "train.de").is_file() or (candidate / "train.en").is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(p) for p in default_dirs())
+    raise TiekdError(
+        f"Multi30k not found (looked in {tried}). Fix: pass --multi30k DIR, set {DIR_ENV}, or use --download"
+    )
+
+
+def multi30k_files(folder: Path, src_lang: str, tgt_lang: str) -> dict[str, tuple[Path, Path]]:
+    """Split name -> (source file, target file). train and valid must exist; a test split is used when
+    both of its files exist (not every language has every test set) and is an error when only one does."""
+    files = {}
+    for split, stem in SPLITS.items():
+        src, tgt = folder / f"{stem}.{src_lang}", folder / f"{stem}.{tgt_lang}"
+        missing = [p for p in (src, tgt) if not p.is_file()]
+        if not missing:
+            files[split] = (src, tgt)
+        elif split in REQUIRED_SPLITS or len(missing) == 1:
+            raise input_error(
+                missing[0], f"no such file (Multi30k {stem} split, {src_lang}-{tgt_lang})",
+                f"pass a complete Multi30k folder (with {stem}.{src_lang} and {stem}.{tgt_lang}), or use --download",
+            )
+    return files
+
+
+def download_multi30k(
+    dest: str | Path, langs: tuple[str, ...] = ("de", "en"), *, base_url: str | None = None,
+    checksums: dict[str, str] | None = None, timeout: float = 60.0, log=print,
+) -> Path:
+    """Download every Multi30k split for `langs` into `dest` (kept when already there and verified).
+
+    `base_url` defaults to $TIEKD_MULTI30K_URL, then the multi30k/dataset GitHub repository;
+    `checksums` (file name -> SHA-256 of the gunzipped file) defaults to the table above."""
+    dest = Path(dest)
+    base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+    checksums = SHA256 if checksums is None else checksums
+    names = [f"{stem}.{lang}" for stem in SPLITS.values() for lang in langs]
+    unknown = [n for n in names if n not in checksums]
+    if unknown:
+        raise TiekdError(
+            f"no checksum known for Multi30k {', '.join(unknown)}, so it cannot be downloaded safely. "
+            f"Fix: use --src-lang/--tgt-lang among de, en, or download the files yourself and pass --multi30k DIR"
+        )
+    for name in names:
+        target = dest / name
+        if target.is_file() and _sha256(target) == checksums[name]:
+            continue
+        url = f"{base_url}/{name}.gz"
+        if log:
+            log(f"downloading {url}")
+        _download_verified(url, target, checksums[name], timeout)
+    return dest
+
+
+def _download_verified(url: str, target: Path, expected_sha256: str, timeout: float) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise input_error(target.parent, f"cannot write the download there ({exc.strerror})",
+                          "pass a writable folder with --multi30k DIR") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as sink, urllib.request.urlopen(url, timeout=timeout) as response:
+            # gunzip while hashing; the .gz itself is never kept
+            with gzip.GzipFile(fileobj=response) as unzipped:
+                digest = hashlib.sha256()
+                while chunk := unzipped.read(1 << 20):
+                    digest.update(chunk)
+                    sink.write(chunk)
+        if digest.hexdigest() != expected_sha256:
+            raise TiekdError(
+                f"{url}: checksum mismatch after gunzip (got {digest.hexdigest()}, expected {expected_sha256}); "
+                f"nothing was kept. Fix: retry later, or check that {URL_ENV} / the URL points at Multi30k"
+            )
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise TiekdError(
+            f"{url}: download failed ({type(exc).__name__}: {exc}). Fix: check the network or the URL "
+            f"({URL_ENV}), or pass a local copy with --multi30k DIR"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,301 @@
+"""Run the whole reproduction pipeline from a preset or YAML: data, teacher, students, tables, plots.
+
+Stages (each writes `stage.json` with the hash of the settings that produced it when it is done):
+prepare -> teacher (train, average, translate, score) -> students (method x size x seed: distill,
+average, translate, score, analyze) -> significance (paired bootstrap vs No-KD and Word-KD) -> report
+(results.md, results.csv, plots). Rerunning skips finished stages; an interrupted training stage
+resumes from its last checkpoint; a stage finished under different settings is refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import TiekdError
+from .io import atomic_write_json
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class StudentSpec:
+    """One row of the results table: a method with its options."""
+
+    name: str                                   # row label, e.g. "TIE-KD"
+    method: str = "none"                        # a KD_METHODS entry
+    options: dict = field(default_factory=dict)  # RunConfig overrides (e.g. ranking: false)
+    sizes: list[str] | None = None              # student presets for this row (default: all sizes)
+
+
+@dataclass
+class ExperimentConfig:
+    """What `tiekd experiment` runs; presets live in tiekd/presets/*.yaml."""
+
+    name: str = "experiment"
+    multi30k: str | None = None       # Multi30k folder (default: ../shared/data/multi30k or $TIEKD_MULTI30K_DIR)
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    vocab_size: int = 8000
+    train_pairs: int = 0              # use only the first N training pairs (0: all)
+    teacher_model: str | None = None  # reuse this teacher folder instead of training one
+    teacher: dict = field(default_factory=dict)   # RunConfig settings for the teacher
+    student: dict = field(default_factory=dict)   # RunConfig settings shared by every student
+    student_sizes: list[str] = field(default_factory=lambda: ["small"])
+    students: list[StudentSpec] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [1])
+    average_last: int = 5
+    test_sets: list[str] = field(default_factory=lambda: ["test_2016_flickr"])
+    beam: int = 4
+    length_penalty: float = 0.6
+    max_decode_length: int = 200      # generated tokens at most (Multi30k targets are < 100)
+    test_max_sentences: int = 0       # translate only the first N sentences of each test set (0: all; for tests)
+    analyze_sentences: int = 500      # validation pairs used for top-1 agreement (0: all)
+    bootstrap_resamples: int = 1000
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> "ExperimentConfig":
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in values if k not in valid]
+        if unknown:
+            raise TiekdError(f"{source}: unknown key(s) {', '.join(unknown)}. Fix: use only {', '.join(valid)}")
+        values = dict(values)
+        students = []
+        for i, spec in enumerate(values.pop("students", [])):
+            try:
+                students.append(StudentSpec(**spec))
+            except TypeError as exc:
+                raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes") from exc
+        return cls(students=students, **values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_experiment_config(preset: str | None, config_path: str | None) -> ExperimentConfig:
+    from .config import load_config_file
+
+    if config_path:
+        return ExperimentConfig.from_dict(load_config_file(config_path), source=config_path)
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise TiekdError(f"unknown preset {preset!r}. Fix: use one of {', '.join(names)} or --config FILE")
+    return ExperimentConfig.from_dict(load_config_file(path), source=str(path))
+
+
+def settings_hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """Runs the stages in `out`; each is skipped when its `stage.json` matches its settings."""
+
+    def __init__(self, config: ExperimentConfig, out: Path, device: str = "auto", report_only: bool = False):
+        self.config = config
+        self.report_only = report_only
+        self.out = Path(out)
+        self.device = device
+        self.out.mkdir(parents=True, exist_ok=True)
+        saved = self.out / "experiment.yaml"
+        if saved.is_file():
+            previous = yaml.safe_load(saved.read_text())
+            if previous != json.loads(json.dumps(config.to_dict())):
+                raise TiekdError(f"{self.out}: holds an experiment with different settings ({saved}). Fix: use a new "
+                                 "--out, or delete the folder to start again")
+        else:
+            from .io import atomic_write_text
+
+            atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    # ------------------------------------------------------------ stage book-keeping
+    def _stage(self, folder: Path, settings: dict, work):
+        """Run `work()` unless `folder/stage.json` records the same settings; return its result."""
+        marker = folder / "stage.json"
+        digest = settings_hash(settings)
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            if record["settings_hash"] == digest:
+                return record["result"]
+            raise TiekdError(f"{folder}: finished under other settings. Fix: delete {folder} to redo it")
+        if self.report_only:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        result = work()
+        atomic_write_json(marker, {"settings_hash": digest, "settings": settings, "result": result,
+                                   "seconds": round(time.time() - started, 1)})
+        return result
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    # ------------------------------------------------------------ stages
+    def prepare(self) -> Path:
+        from .data.multi30k import find_multi30k
+        from .data.prepare import prepare_data
+
+        config = self.config
+        folder = find_multi30k(config.multi30k)
+        data = self.out / "data"
+        if config.train_pairs:
+            # a deterministic head slice, written beside the prepared data so prepare can fingerprint it
+            sliced = self.out / "slice"
+            sliced.mkdir(exist_ok=True)
+            for lang in (config.src_lang, config.tgt_lang):
+                lines = (folder / f"train.{lang}").read_text(encoding="utf-8").split("\n")[: config.train_pairs]
+                (sliced / f"train.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            tests = [(name, folder / f"{name}.{config.src_lang}", folder / f"{name}.{config.tgt_lang}")
+                     for name in config.test_sets]
+            prepare_data(data, src_lang=config.src_lang, tgt_lang=config.tgt_lang,
+                         train=(sliced / f"train.{config.src_lang}", sliced / f"train.{config.tgt_lang}"),
+                         valid=(folder / f"val.{config.src_lang}", folder / f"val.{config.tgt_lang}"),
+                         tests=tests, vocab_size=config.vocab_size, verbose=False)
+        else:
+            prepare_data(data, src_lang=config.src_lang, tgt_lang=config.tgt_lang, multi30k_dir=folder,
+                         vocab_size=config.vocab_size, verbose=False)
+        return data
+
+    def _train(self, folder: Path, settings: dict) -> dict:
+        """Train (or resume) one run and average its last checkpoints into folder/model."""
+        from .average import average_checkpoints, find_last_checkpoints
+        from .config import RunConfig
+        from .trainer import run_training
+
+        run = folder / "run"
+        config = RunConfig.from_dict({**settings, "out": str(run), "device": self.device}, source=str(folder))
+        resume = (run / "config.yaml").is_file()
+        summary = run_training(config, resume=resume, overwrite=not resume)
+        average_checkpoints(find_last_checkpoints(run, self.config.average_last), folder / "model", overwrite=True)
+        return summary
+
+    def _evaluate(self, model_dir: Path, folder: Path, data: Path) -> dict:
+        """Translate each test set with `model_dir` into folder/<test>.hyp and score it."""
+        from .data.prepare import load_prepared
+        from .evaluate import score
+        from .batching import read_text
+        from .io import atomic_write_text
+        from .models import load_model
+        from .tokenizer import load_tokenizer
+        from .trainer import pick_device
+        from .translate import DecodeOptions, translate_sentences
+
+        prepared = load_prepared(data)
+        device = pick_device(self.device)
+        model, tokenizer = load_model(model_dir, device), load_tokenizer(model_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        scores = {}
+        for name in self.config.test_sets:
+            src, ref = prepared.splits[name]
+            n = self.config.test_max_sentences or None
+            started = time.perf_counter()
+            hyps = translate_sentences(model, tokenizer, read_text(src)[:n],
+                                       DecodeOptions(beam=self.config.beam, length_penalty=self.config.length_penalty,
+                                                     max_length=self.config.max_decode_length), device)
+            seconds = time.perf_counter() - started
+            atomic_write_text(folder / f"{name}.hyp", "".join(h + "\n" for h in hyps))
+            result = score(hyps, read_text(ref)[:n], tokenized_bleu=True)
+            scores[name] = {"bleu": result["bleu"], "chrf": result["chrf"], "tokenized_bleu": result["tokenized_bleu"],
+                            "bleu_signature": result["bleu_signature"], "chrf_signature": result["chrf_signature"],
+                            "decode_seconds": round(seconds, 1)}
+        return scores
+
+    def _analyze(self, student: Path, teacher: Path, data: Path) -> dict:
+        from .analysis import agreement_statistics
+        from .batching import read_text
+        from .data.prepare import load_prepared
+        from .models import load_model
+        from .tokenizer import load_tokenizer
+        from .trainer import pick_device
+
+        prepared = load_prepared(data)
+        src, tgt = prepared.splits["valid"]
+        n = self.config.analyze_sentences or None
+        device = pick_device(self.device)
+        return agreement_statistics(load_model(student, device), load_model(teacher, device), load_tokenizer(student),
+                                    read_text(src)[:n], read_text(tgt)[:n], device=device)
+
+    def run(self) -> Path:
+        config = self.config
+        self.log(f"experiment {config.name} in {self.out}")
+        data = self._stage(self.out / "data", {"prepare": [config.multi30k, config.src_lang, config.tgt_lang,
+                                                            config.vocab_size, config.train_pairs, config.test_sets]},
+                           lambda: str(self.prepare()))
+        if data is None:
+            raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
+        data = Path(data)
+
+        teacher_dir = self.out / "teacher"
+        if config.teacher_model:
+            teacher_model = Path(config.teacher_model)
+        else:
+            self.log("training the teacher")
+            settings = {"data": str(data), **config.teacher}
+            self._stage(teacher_dir, {"train": settings}, lambda: self._train(teacher_dir, settings))
+            teacher_model = teacher_dir / "model"
+        self.log("evaluating the teacher")
+        teacher_scores = self._stage(teacher_dir / "eval", {"eval": [str(teacher_model), config.test_sets, config.beam,
+                                                                     config.length_penalty]},
+                                     lambda: self._evaluate(teacher_model, teacher_dir / "eval", data))
+
+        rows = []
+        for spec in config.students:
+            for size in spec.sizes or config.student_sizes:
+                for seed in config.seeds:
+                    row = self._student(spec, size, seed, data, teacher_model)
+                    if row is not None:  # None: not finished (only with --report-only)
+                        rows.append(row)
+        if teacher_scores is None:
+            raise TiekdError(f"{self.out}: the teacher is not evaluated yet. Fix: run without --report-only")
+        table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores}, "students": rows}
+        from .report import add_significance, write_report
+
+        add_significance(table, self.out, config)
+        write_report(table, self.out, config)
+        self.log(f"results: {self.out / 'results.md'}")
+        return self.out / "results.md"
+
+    def _student(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path) -> dict:
+        config = self.config
+        slug = f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
+        folder = self.out / "students" / slug
+        settings = {"data": str(data), **config.student, **spec.options, "model": size, "seed": seed,
+                    "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
+        if spec.options.get("seq_kd_targets") and not settings["teacher"]:
+            settings["teacher"] = str(teacher)
+        self.log(f"student {slug}: {spec.method}")
+
+        def work():
+            summary = self._train(folder, settings)
+            scores = self._evaluate(folder / "model", folder, data)
+            analysis = self._analyze(folder / "model", teacher, data)
+            return {"summary": summary, "scores": scores, "analysis": analysis}
+
+        result = self._stage(folder, {"student": settings, "eval": [config.test_sets, config.beam, config.length_penalty]},
+                             work)
+        if result is None:
+            return None
+        return {"name": spec.name, "method": spec.method, "size": size, "seed": seed, "folder": str(folder), **result}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="quick", help="quick (README job, ~10 min CPU), cpu (~2 h CPU), gpu (one GPU)")
+    parser.add_argument("--config", help="experiment YAML (overrides --preset); see tiekd/presets/")
+    parser.add_argument("--out", required=True, help="experiment folder (rerun the same command to continue)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the tables and plots from the stages finished so far; train nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_experiment_config(args.preset, args.config)
+    path = Pipeline(config, Path(args.out), device=args.device, report_only=args.report_only).run()
+    print(path.read_text(encoding="utf-8"))
+    return 0

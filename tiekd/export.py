@@ -1,0 +1,186 @@
+"""Export to CTranslate2 (OpenNMT's inference engine) for fast CPU/GPU inference, and translate with it.
+
+`export_ctranslate2` runs CTranslate2's `TransformersConverter` on a model folder and saves the
+tokenizer beside the converted weights, so the folder alone is enough to translate.
+
+Parity with Hugging Face decoding: CTranslate2's Marian loader drops `<pad>` (our last id) from the
+vocabulary and starts the decoder from a zero embedding, which equals our models' decoder start because
+`tiekd.models` keeps the `<pad>` embedding row at zero. Both libraries rank beam hypotheses by
+log-probability / length**length_penalty, and CTranslate2's default patience 1 is `generate`'s
+`early_stopping=True`, so greedy and beam translations match `model.generate` exactly
+(tests/test_export.py), up to two differences in defaults:
+- CTranslate2 forbids an empty translation unless `min_decoding_length=0`; `generate` allows it, so
+  `CTranslate2Translator.translate` passes 0 by default (`min_length`).
+- `generate` with `forced_eos_token_id` (set by `tiekd.models`) turns the last token allowed by
+  `max_new_tokens` into `</s>`; CTranslate2 stops after `max_decoding_length` tokens without one. Only
+  translations cut at the length limit differ (by that one last token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from .errors import TiekdError
+from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
+
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float32", "float16", "bfloat16")
+
+
+def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization: str = "int8",
+                       overwrite: bool = False) -> Path:
+    """Convert the model folder `model_dir` into a self-contained CTranslate2 folder `out_dir`.
+
+    The folder is built in a temporary sibling and renamed into place at the end, so `out_dir` is
+    either complete or untouched. Returns `out_dir`.
+    """
+    import ctranslate2
+    import transformers
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if quantization not in QUANTIZATIONS:
+        raise TiekdError(f"unknown quantization {quantization!r}. Fix: use one of {', '.join(QUANTIZATIONS)}")
+    if not (model_dir / "config.json").is_file():
+        raise TiekdError(f"{model_dir}: not a model folder (no config.json). Fix: pass a folder written by "
+                         "`tiekd train`, `tiekd distill` or `tiekd average`, or any Hugging Face seq2seq folder")
+    if out_dir.resolve() in (model_dir.resolve(), *model_dir.resolve().parents):
+        raise TiekdError(f"{out_dir}: is the model folder or contains it. Fix: choose another --out folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TiekdError(f"{out_dir}: exists and is not a folder. Fix: choose another --out path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise TiekdError(f"{out_dir}: folder exists and is not empty. Fix: pass --overwrite to replace it, "
+                         "or choose another --out folder")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        converter = _converter(model_dir)
+        try:
+            # force: `convert` refuses existing folders, and ours is the empty temporary one
+            converter.convert(str(tmp_dir), quantization=quantization, force=True)
+        except (ValueError, RuntimeError, NotImplementedError, OSError) as exc:
+            raise TiekdError(f"{model_dir}: CTranslate2 could not convert the model ({type(exc).__name__}: "
+                             f"{exc}). Fix: check that the folder holds a complete Marian/seq2seq model "
+                             "whose vocabulary size matches its tokenizer") from exc
+        _warn_if_start_embedding_not_zero(converter.model, model_dir)
+        config = converter.model.config if converter.model is not None else None
+        load_tokenizer(model_dir).save_pretrained(str(tmp_dir))
+        (tmp_dir / "tiekd_export.json").write_text(json.dumps({
+            "source_model": str(model_dir.resolve()), "quantization": quantization,
+            "max_source_positions": getattr(config, "max_position_embeddings", None),
+            "ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__,
+        }, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _converter(model_dir: Path):
+    """A TransformersConverter that keeps the model it loads, for the start-embedding check."""
+    from ctranslate2.converters import TransformersConverter
+
+    class ModelKeepingConverter(TransformersConverter):
+        model = None
+
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            self.model = super().load_model(model_class, model_name_or_path, **kwargs)
+            return self.model
+
+    return ModelKeepingConverter(str(model_dir))
+
+
+def _warn_if_start_embedding_not_zero(model, model_dir: Path) -> None:
+    # CTranslate2 starts Marian decoders from a zero vector; HF starts from the `<pad>` embedding.
+    if model is None or getattr(model.config, "model_type", None) != "marian":
+        return
+    start_id = model.config.decoder_start_token_id
+    row = model.get_input_embeddings().weight[start_id]
+    if row.abs().max().item() != 0.0:
+        warnings.warn(f"{model_dir}: the decoder start (<pad>, id {start_id}) embedding is not zero, so "
+                      "CTranslate2 (which starts from a zero embedding) will translate differently from "
+                      "Hugging Face. Train with tiekd.models.keep_pad_embedding_zero to avoid this", stacklevel=3)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename `new` to `target`, removing an existing `target` only once `new` is in place."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    old.rmdir()
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class CTranslate2Translator:
+    """Translate with an exported folder: its tokenizer in, CTranslate2 beam search, tokenizer out."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu", inter_threads: int = 1, intra_threads: int = 0,
+                 compute_type: str = "default"):
+        import ctranslate2
+
+        self.folder = Path(folder)
+        if not (self.folder / "model.bin").is_file():
+            raise TiekdError(f"{self.folder}: not a CTranslate2 folder (no model.bin). "
+                             "Fix: create one with `tiekd export MODEL_DIR --out FOLDER`")
+        try:
+            self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
+                                                     inter_threads=inter_threads, intra_threads=intra_threads)
+        except (ValueError, RuntimeError) as exc:
+            raise TiekdError(f"{self.folder}: CTranslate2 could not load the model on {device} "
+                             f"({exc}). Fix: check the device (cpu, cuda) and compute type") from exc
+        self.tokenizer = load_tokenizer(self.folder)
+        info = self.folder / "tiekd_export.json"
+        self.max_source_positions = json.loads(info.read_text(encoding="utf-8")).get("max_source_positions") \
+            if info.is_file() else None
+
+    def translate(self, sentences: list[str], beam_size: int = 4, length_penalty: float = 0.6,
+                  max_length: int = 256, batch_size: int = 64, min_length: int = 0) -> list[str]:
+        """Translate detokenized sentences. `length_penalty` is the exponent of score / length**lp (as
+        in `generate`); `max_length` bounds the generated tokens (`</s>` not counted); `min_length` 0
+        allows an empty translation as `generate` does."""
+        if not sentences:
+            return []
+        source_ids = self.tokenizer(sentences).input_ids
+        limit, eos = self.max_source_positions, self.tokenizer.eos_token_id
+        if limit:  # the model has no positions beyond this: cut, keeping </s> (as tiekd.translate does)
+            source_ids = [ids[:limit - 1] + [eos] if len(ids) > limit else ids for ids in source_ids]
+        source_tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in source_ids]
+        results = self.translator.translate_batch(
+            source_tokens, max_batch_size=batch_size, beam_size=beam_size, length_penalty=length_penalty,
+            max_decoding_length=max_length, min_decoding_length=min_length, max_input_length=0 if limit else 1024,
+        )
+        # decode through ids, exactly as Hugging Face outputs are decoded (skip_special_tokens)
+        return [
+            self.tokenizer.decode(self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]), skip_special_tokens=True)
+            for result in results
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line: tiekd export
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model folder (config.json, weights, tokenizer)")
+    parser.add_argument("--out", required=True, help="CTranslate2 folder to write (weights and tokenizer)")
+    parser.add_argument("--quantization", default="int8", choices=QUANTIZATIONS,
+                        help="weight type (default int8: smallest and fastest on CPU)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    out_dir = export_ctranslate2(args.model_dir, args.out, args.quantization, args.overwrite)
+    size = sum(path.stat().st_size for path in out_dir.iterdir() if path.is_file())
+    print(f"wrote {out_dir} ({args.quantization}, {size / 2**20:.1f} MiB)")

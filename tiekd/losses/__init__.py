@@ -1,0 +1,31 @@
+"""Distillation losses for NMT over `[..., V]` logits (docs/tie-kd.md §3).
+
+Every loss returns the SUM over non-pad positions (target != pad_id, and `mask` where given) as a
+0-dim tensor; the trainer divides by `token_count(...)`. Temperature is 1. The hot losses run chunk by
+chunk with the gradient built in the forward pass, so the full `[tokens, V]` softmax is never held.
+
+- `label_smoothed_ce`: fairseq label-smoothed CE on the gold tokens.
+- `word_kd_loss`: KL(q || p), word-level KD.
+- `tie_kd_loss`: KL + R_intra + R_inter (Zhang et al., ACL 2023, arXiv 2305.08096).
+- `kd_without_correlation_loss`, `kd_without_top1_loss`, `topk_kd_loss`: the paper's analysis losses.
+- `selective_token_mask`: Selective-KD's hardest-tokens mask (Wang et al. 2021), for `mask=`.
+"""
+
+from ._chunked import default_chunk_size, token_count
+from .analysis import kd_without_correlation_loss, kd_without_top1_loss, topk_kd_loss
+from .ce import label_smoothed_ce
+from .selective import selective_token_mask
+from .tie_kd import tie_kd_loss
+from .word_kd import word_kd_loss
+
+__all__ = [
+    "default_chunk_size",
+    "kd_without_correlation_loss",
+    "kd_without_top1_loss",
+    "label_smoothed_ce",
+    "selective_token_mask",
+    "tie_kd_loss",
+    "token_count",
+    "topk_kd_loss",
+    "word_kd_loss",
+]

@@ -1,0 +1,125 @@
+"""Transformer encoder-decoders as Hugging Face Marian models.
+
+Every model is a standard `transformers` folder (`save_pretrained`) with its tokenizer beside the
+weights, so `AutoModelForSeq2SeqLM` / `AutoTokenizer` and `ct2-transformers-converter` read it.
+Presets follow Vaswani et al. (2017): post-norm, sinusoidal positions, shared (tied) embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import TiekdError
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Size of a Transformer encoder-decoder (same shape for encoder and decoder)."""
+
+    d_model: int
+    layers: int
+    heads: int
+    ffn_dim: int
+    dropout: float = 0.1
+
+
+# "big"/"base" are the paper's teacher/student shapes (WMT); the rest suit Multi30k and CPUs.
+PRESETS: dict[str, ModelPreset] = {
+    "big": ModelPreset(d_model=1024, layers=6, heads=16, ffn_dim=4096, dropout=0.3),
+    "base": ModelPreset(d_model=512, layers=6, heads=8, ffn_dim=2048),
+    "teacher": ModelPreset(d_model=256, layers=3, heads=4, ffn_dim=1024, dropout=0.2),
+    "small": ModelPreset(d_model=256, layers=2, heads=4, ffn_dim=512),
+    "tiny": ModelPreset(d_model=128, layers=2, heads=4, ffn_dim=256),
+    "micro": ModelPreset(d_model=32, layers=1, heads=2, ffn_dim=64, dropout=0.0),
+}
+
+
+def build_model(preset: str | ModelPreset, tokenizer, max_positions: int = 512):
+    """A freshly initialised Marian model of `preset` for `tokenizer`'s vocabulary."""
+    from transformers import MarianConfig, MarianMTModel
+
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise TiekdError(f"unknown model preset {preset!r}. Fix: use one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    vocab = tokenizer.get_vocab()
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = MarianConfig(
+        vocab_size=len(vocab), d_model=preset.d_model,
+        encoder_layers=preset.layers, decoder_layers=preset.layers,
+        encoder_attention_heads=preset.heads, decoder_attention_heads=preset.heads,
+        encoder_ffn_dim=preset.ffn_dim, decoder_ffn_dim=preset.ffn_dim,
+        dropout=preset.dropout, attention_dropout=0.0, activation_dropout=0.0,
+        activation_function="relu", max_position_embeddings=max_positions,
+        pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id, forced_eos_token_id=eos_id,
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=True, scale_embedding=True,
+        tiekd_preset=asdict(preset),
+    )
+    model = MarianMTModel(config)
+    _set_generation_defaults(model, pad_id)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[pad_id].zero_()
+    return model
+
+
+def _set_generation_defaults(model, pad_id: int) -> None:
+    # beam 4 and length penalty 0.6 are the paper's evaluation settings (tie-kd.md §5); <pad> is the
+    # decoder's start symbol and must never be generated (CTranslate2 drops it from the vocabulary).
+    generation = model.generation_config
+    generation.num_beams = 4
+    generation.length_penalty = 0.6
+    generation.bad_words_ids = [[pad_id]]
+    generation.early_stopping = True
+
+
+def keep_pad_embedding_zero(model) -> None:
+    """Zero the gradient of the `<pad>` row of the shared embedding.
+
+    The row starts at zero; with tied output weights the softmax would otherwise train it. Keeping it
+    zero makes the decoder's start state equal CTranslate2's zero start embedding for Marian models.
+    """
+    pad_id = model.config.pad_token_id
+    weight = model.get_input_embeddings().weight
+
+    def zero_pad_row(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[pad_id] = 0
+        return grad
+
+    weight.register_hook(zero_pad_row)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a seq2seq model folder with a clear error when it is not one."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise TiekdError(
+            f"{path}: not a model folder (no config.json). Fix: pass a folder written by `tiekd train`, "
+            "`tiekd distill` or `tiekd average`, or any Hugging Face seq2seq model folder"
+        )
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
+    except Exception as exc:
+        raise TiekdError(f"{path}: could not load the model ({type(exc).__name__}: {exc}). "
+                         "Fix: check that the folder is complete (config.json and model weights)") from exc
+    return model.to(device)
+
+
+def parameter_count(model) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def describe_presets(tokenizer) -> list[tuple[str, int, ModelPreset]]:
+    """(name, parameter count, preset) for every preset at `tokenizer`'s vocabulary size."""
+    rows = []
+    for name, preset in PRESETS.items():
+        with torch.device("meta"):
+            model = build_model(preset, tokenizer)
+        rows.append((name, parameter_count(model), preset))
+    return rows

@@ -1,0 +1,162 @@
+"""Results of `tiekd experiment`: significance tests, a Markdown and a CSV table, and plots.
+
+Rows are (method, student size); over seeds we report the mean and the sample standard deviation.
+Significance is a paired bootstrap (Koehn 2004, `tiekd.evaluate.paired_bootstrap`) of each row's
+seed-1 translations of the main test set against No-KD's and Word-KD's of the same size and seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+from .io import atomic_write_json, atomic_write_text
+
+
+def add_significance(table: dict, out: Path, config) -> None:
+    """Attach `significance` to each student row (vs No-KD and vs Word-KD on the main test set)."""
+    from .evaluate import paired_bootstrap, read_lines
+    from .data.prepare import load_prepared
+
+    main_test = config.test_sets[0]
+    refs = read_lines(load_prepared(Path(out) / "data").splits[main_test][1])[: config.test_max_sentences or None]
+    rows = table["students"]
+
+    def baseline(method: str, row: dict) -> dict | None:
+        for other in rows:
+            if other["method"] == method and other["size"] == row["size"] and other["seed"] == row["seed"] \
+                    and not other.get("name", "").lower().startswith(("ablation", "analysis")):
+                return other
+        return None
+
+    for row in rows:
+        row["significance"] = {}
+        hyps = read_lines(Path(row["folder"]) / f"{main_test}.hyp")
+        for label, method in (("vs_no_kd", "none"), ("vs_word_kd", "word-kd")):
+            base = baseline(method, row)
+            if base is None or base is row:
+                continue
+            result = paired_bootstrap(read_lines(Path(base["folder"]) / f"{main_test}.hyp"), hyps, refs,
+                                      resamples=config.bootstrap_resamples)
+            row["significance"][label] = {"diff": result["diff"]["score"], "ci": result["diff"]["ci"],
+                                          "p_value": result["p_value"]}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    if not values:
+        return float("nan"), None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def aggregate(table: dict, config) -> list[dict]:
+    """One line per (name, size): mean/std over seeds of the scores, analysis from all seeds."""
+    main_test = config.test_sets[0]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in table["students"]:
+        groups.setdefault((row["name"], row["size"]), []).append(row)
+    lines = []
+    for (name, size), rows in groups.items():
+        first = min(rows, key=lambda r: r["seed"])
+        line = {"name": name, "method": rows[0]["method"], "size": size, "seeds": len(rows)}
+        for test in config.test_sets:
+            for metric in ("bleu", "chrf", "tokenized_bleu"):
+                line[f"{test}:{metric}"] = _mean_std([r["scores"][test][metric] for r in rows])
+        line["top1_agreement"] = _mean_std([r["analysis"]["top1_agreement"] for r in rows])
+        line["teacher_gold_overlap"] = rows[0]["analysis"]["teacher_gold_overlap"]
+        line["significance"] = first.get("significance", {})
+        line["main"] = line[f"{main_test}:bleu"]
+        lines.append(line)
+    return lines
+
+
+def _fmt(pair: tuple[float, float | None], scale: float = 1.0, digits: int = 2) -> str:
+    mean, std = pair
+    text = f"{mean * scale:.{digits}f}"
+    return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def _p(sig: dict, key: str) -> str:
+    if key not in sig:
+        return "–"
+    item = sig[key]
+    return f"{item['diff']:+.2f} (p={item['p_value']:.3f})"
+
+
+def write_report(table: dict, out: Path, config) -> None:
+    out = Path(out)
+    atomic_write_json(out / "results.json", table)
+    lines = aggregate(table, config)
+    main_test = config.test_sets[0]
+    teacher = table["teacher"]["scores"]
+    header = ["Student", "size", "seeds"]
+    for test in config.test_sets:
+        header += [f"BLEU {test}", f"chrF {test}"]
+    header += [f"tok-BLEU {main_test}", "Δ vs No-KD (p)", "Δ vs Word-KD (p)", "top-1 agr. %"]
+    md = [f"# {config.name}: Multi30k {config.src_lang}→{config.tgt_lang}", "",
+          f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
+          f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {main_test} "
+          f"by paired bootstrap ({config.bootstrap_resamples} resamples, first seed), two-sided p.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    teacher_cells = ["Teacher", "", ""]
+    for test in config.test_sets:
+        teacher_cells += [f"{teacher[test]['bleu']:.2f}", f"{teacher[test]['chrf']:.2f}"]
+    teacher_cells += [f"{teacher[main_test]['tokenized_bleu']:.2f}", "–", "–", "–"]
+    md.append("| " + " | ".join(teacher_cells) + " |")
+    csv_rows = []
+    for line in lines:
+        cells = [line["name"], line["size"], str(line["seeds"])]
+        for test in config.test_sets:
+            cells += [_fmt(line[f"{test}:bleu"]), _fmt(line[f"{test}:chrf"])]
+        cells += [_fmt(line[f"{main_test}:tokenized_bleu"]), _p(line["significance"], "vs_no_kd"),
+                  _p(line["significance"], "vs_word_kd"), _fmt(line["top1_agreement"], 100)]
+        md.append("| " + " | ".join(cells) + " |")
+        flat = {"name": line["name"], "method": line["method"], "size": line["size"], "seeds": line["seeds"]}
+        for key, value in line.items():
+            if ":" in key or key == "top1_agreement":
+                flat[f"{key}:mean"], flat[f"{key}:std"] = value
+        for key, item in line["significance"].items():
+            flat[f"{key}:diff"], flat[f"{key}:p"] = item["diff"], item["p_value"]
+        csv_rows.append(flat)
+    signature = teacher[main_test].get("bleu_signature", "")
+    md += ["", f"BLEU signature: `{signature}`", "",
+           f"Teacher-gold top-1 overlap on validation (teacher-forced): "
+           f"{100 * lines[0]['teacher_gold_overlap']:.1f}%." if lines else "", "",
+           "![BLEU by method](bleu_by_method.png)", "", "![top-1 agreement by method](agreement_by_method.png)", ""]
+    atomic_write_text(out / "results.md", "\n".join(md))
+    if csv_rows:
+        fields = list(dict.fromkeys(k for row in csv_rows for k in row))
+        with open(out / "results.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(csv_rows)
+    _plots(lines, teacher[main_test]["bleu"], out, main_test)
+
+
+def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not lines:
+        return
+    labels = [f"{l['name']}\n({l['size']})" for l in lines]
+    for key, ylabel, filename, scale, ref in (
+        ("main", f"BLEU ({main_test})", "bleu_by_method.png", 1.0, teacher_bleu),
+        ("top1_agreement", "student-teacher top-1 agreement (%)", "agreement_by_method.png", 100.0, None),
+    ):
+        means = [l[key][0] * scale for l in lines]
+        errors = [(l[key][1] or 0.0) * scale for l in lines]
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(lines)), 4))
+        ax.bar(range(len(lines)), means, yerr=errors, capsize=4, color="#4c72b0")
+        if ref is not None:
+            ax.axhline(ref, color="#c44e52", linestyle="--", label=f"teacher {ref:.2f}")
+            ax.legend()
+        low = min(means) - 2 * max(errors + [0.5])
+        ax.set_ylim(max(0, low - 1), max(means + ([ref] if ref else [])) + 1)
+        ax.set_xticks(range(len(lines)), labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=120)
+        plt.close(fig)
