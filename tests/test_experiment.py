@@ -9,7 +9,6 @@ import time
 import pytest
 import yaml
 
-from tiekd.errors import TiekdError
 
 TINY = {
     "name": "tiny", "vocab_size": 300, "train_pairs": 600,

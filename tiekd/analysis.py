@@ -13,7 +13,6 @@ and that the teacher's top-1 mostly duplicates the gold token.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch

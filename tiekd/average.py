@@ -10,6 +10,7 @@ import torch
 
 from . import checkpoint
 from .errors import TiekdError
+from .io import replace_dir
 
 
 def find_last_checkpoints(run_dir: Path, last: int) -> list[Path]:
@@ -45,7 +46,5 @@ def average_checkpoints(folders: list[Path], out_dir: Path, overwrite: bool = Fa
     shutil.copytree(folders[-1], tmp, ignore=shutil.ignore_patterns("model.safetensors", checkpoint.STATE_FILE,
                                                                      checkpoint.MANIFEST))
     save_file(averaged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)
     return out_dir

@@ -36,11 +36,10 @@ def encode_texts(tokenizer, lines: list[str], batch: int = 2000) -> list[list[in
 
 
 def read_text(path: Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise TiekdError(f"{path}: no such file. Fix: run `tiekd prepare` or check the path")
-    with open(path, encoding="utf-8", newline="") as handle:
-        return [line.rstrip("\r\n") for line in handle]
+    """The lines of a prepared text file (see `tiekd.io.read_lines`)."""
+    from .io import read_lines
+
+    return read_lines(path)
 
 
 def encode_pair_files(tokenizer, source_path: Path, target_path: Path, max_positions: int = 512) -> EncodedCorpus:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import TiekdError
-from .io import atomic_write_json, fsync_dir, sha256_file
+from .io import atomic_write_json, fsync_dir, replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,8 @@ def save_checkpoint(folder: Path, model, tokenizer, trainer_state: dict) -> Path
     atomic_write_json(tmp / MANIFEST, {"files": {name: sha256_file(tmp / name) for name in files},
                                        "step": trainer_state.get("step")})
     fsync_dir(tmp)
-    old = folder.parent / f".{folder.name}.old"
-    if folder.exists():
-        # rename the previous version aside first: a crash between the two renames leaves it recoverable
-        if old.exists():
-            shutil.rmtree(old)
-        folder.rename(old)
-    tmp.rename(folder)
+    replace_dir(tmp, folder)
     fsync_dir(folder.parent)
-    if old.exists():
-        shutil.rmtree(old)
     return folder
 
 

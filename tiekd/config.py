@@ -8,7 +8,7 @@ KD weight 0.5, top-k 5, three iterative passes), scaled down where Multi30k and 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml

@@ -23,34 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TiekdError, input_error
+from .io import read_lines  # noqa: F401  (part of this module's API)
+from .errors import TiekdError
 
 METRICS = ("bleu", "chrf")
 
 
 # ---------------------------------------------------------------------------------------------------
 # files
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file without their line endings (LF or CRLF)."""
-    path = Path(path)
-    if not path.exists():
-        raise input_error(path, "no such file", "check the path")
-    if not path.is_file():
-        raise input_error(path, "is not a regular file", "pass a text file with one sentence per line")
-    lines = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise input_error(
-                    path, f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start:exc.start + 1]!r})",
-                    "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`", line=number,
-                ) from None
-            lines.append(line.removesuffix("\n").removesuffix("\r"))
-    return lines
 
 
 def check_line_counts(hyp_path: str | Path, hyps: list[str], ref_path: str | Path, refs: list[str]) -> None:

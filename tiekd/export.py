@@ -25,6 +25,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from .io import replace_dir
 from .errors import TiekdError
 from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
 
@@ -74,7 +75,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
             "max_source_positions": getattr(config, "max_position_embeddings", None),
             "ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__,
         }, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp_dir, out_dir)
+        replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -105,22 +106,6 @@ def _warn_if_start_embedding_not_zero(model, model_dir: Path) -> None:
         warnings.warn(f"{model_dir}: the decoder start (<pad>, id {start_id}) embedding is not zero, so "
                       "CTranslate2 (which starts from a zero embedding) will translate differently from "
                       "Hugging Face. Train with tiekd.models.keep_pad_embedding_zero to avoid this", stacklevel=3)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`, removing an existing `target` only once `new` is in place."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    old.rmdir()
-    target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class CTranslate2Translator:

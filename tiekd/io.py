@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,3 +49,44 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Rename the finished folder `new` to `target`. An existing `target` is first renamed aside and
+    deleted only once `new` is in place, so a crash at any point leaves one complete version."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        new.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    old.rmdir()
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file without their line endings (LF or CRLF); errors name file and line."""
+    from .errors import input_error
+
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "no such file", "check the path")
+    if not path.is_file():
+        raise input_error(path, "is not a regular file", "pass a text file with one sentence per line")
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise input_error(
+                    path, f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start:exc.start + 1]!r})",
+                    "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`", line=number,
+                ) from None
+            lines.append(line.removesuffix("\n").removesuffix("\r"))
+    return lines

@@ -30,6 +30,7 @@ from typing import Iterable, Mapping
 
 from .. import __version__
 from ..errors import TiekdError, input_error
+from ..io import replace_dir
 from ..tokenizer import TOKENIZER_FILES, train_joint_sentencepiece
 from . import multi30k
 from .corpus import ParallelText, read_parallel, read_tsv
@@ -102,7 +103,7 @@ def prepare_data(
     build.mkdir()  # not mkdtemp: the result should get the usual permissions, not 0700
     try:
         _build(build, splits, meta, log)
-        _install(build, out_dir)
+        replace_dir(build, out_dir)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         for folder in created:  # innermost first; only folders this call made, and only if still empty
@@ -296,21 +297,6 @@ def _write_split(folder: Path, split: ParallelText, src_lang: str, tgt_lang: str
     for lang, lines in ((src_lang, split.sources), (tgt_lang, split.targets)):
         with open(folder / f"{split.name}.{lang}", "w", encoding="utf-8", newline="\n") as f:
             f.writelines(line + "\n" for line in lines)
-
-
-def _install(build: Path, out_dir: Path) -> None:
-    """Move the finished folder into place; an old folder is moved aside first and deleted only after."""
-    if not out_dir.exists():
-        build.rename(out_dir)
-        return
-    old = _sibling(out_dir, "old")
-    out_dir.rename(old)
-    try:
-        build.rename(out_dir)
-    except BaseException:
-        old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _sibling(out_dir: Path, role: str) -> Path:
