@@ -36,7 +36,7 @@ def main() -> None:
     hyps = {row["slug"]: read_lines(row["folder"] / f"{args.test}.hyp") for row in rows}
     baselines = {label: next((r for r in rows if r["method"] == method and r["settings"]["model"] == "tiny"), None)
                  for label, method in (("No-KD", "none"), ("Word-KD", "word-kd"))}
-    print(f"| student | size | BLEU | chrF | Δ vs No-KD (p) | Δ vs Word-KD (p) | top-1 agreement | student = gold | valid ppl |")
+    print("| student | size | BLEU | chrF | Δ vs No-KD (p) | Δ vs Word-KD (p) | top-1 agreement | student = gold | valid ppl |")
     print("|---|---|---|---|---|---|---|---|---|")
     t = teacher[args.test]
     print(f"| Teacher | small | {t['bleu']:.2f} | {t['chrf']:.2f} | – | – | – | – | – |")

@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .batching import read_text
+    from .io import read_lines
     from .data.prepare import load_prepared
     from .models import load_model
     from .tokenizer import load_tokenizer, vocab_fingerprint
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if vocab_fingerprint(load_tokenizer(args.teacher)) != vocab_fingerprint(tokenizer):
         raise TiekdError(f"{args.teacher}: its vocabulary differs from the student's ({args.student}). "
                          "Fix: analyse a student with the teacher it was distilled from")
-    sources, targets = read_text(src), read_text(tgt)
+    sources, targets = read_lines(src), read_lines(tgt)
     if args.max_sentences:
         sources, targets = sources[: args.max_sentences], targets[: args.max_sentences]
     stats = agreement_statistics(load_model(args.student, device), load_model(args.teacher, device), tokenizer,

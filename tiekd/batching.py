@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import TiekdError
+from .io import read_lines
 
 
 @dataclass
@@ -35,16 +36,9 @@ def encode_texts(tokenizer, lines: list[str], batch: int = 2000) -> list[list[in
     return ids
 
 
-def read_text(path: Path) -> list[str]:
-    """The lines of a prepared text file (see `tiekd.io.read_lines`)."""
-    from .io import read_lines
-
-    return read_lines(path)
-
-
 def encode_pair_files(tokenizer, source_path: Path, target_path: Path, max_positions: int = 512) -> EncodedCorpus:
     """Encode two line-aligned files; lines longer than the model's positions are truncated (warned)."""
-    sources, targets = read_text(source_path), read_text(target_path)
+    sources, targets = read_lines(source_path), read_lines(target_path)
     if len(sources) != len(targets):
         raise TiekdError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}. "
                          "Fix: give line-aligned files (re-run `tiekd prepare`)")

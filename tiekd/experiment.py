@@ -180,7 +180,7 @@ class Pipeline:
         """Translate each test set with `model_dir` into folder/<test>.hyp and score it."""
         from .data.prepare import load_prepared
         from .evaluate import score
-        from .batching import read_text
+        from .io import read_lines
         from .io import atomic_write_text
         from .models import load_model
         from .tokenizer import load_tokenizer
@@ -196,12 +196,12 @@ class Pipeline:
             src, ref = prepared.splits[name]
             n = self.config.test_max_sentences or None
             started = time.perf_counter()
-            hyps = translate_sentences(model, tokenizer, read_text(src)[:n],
+            hyps = translate_sentences(model, tokenizer, read_lines(src)[:n],
                                        DecodeOptions(beam=self.config.beam, length_penalty=self.config.length_penalty,
                                                      max_length=self.config.max_decode_length), device)
             seconds = time.perf_counter() - started
             atomic_write_text(folder / f"{name}.hyp", "".join(h + "\n" for h in hyps))
-            result = score(hyps, read_text(ref)[:n], tokenized_bleu=True)
+            result = score(hyps, read_lines(ref)[:n], tokenized_bleu=True)
             scores[name] = {"bleu": result["bleu"], "chrf": result["chrf"], "tokenized_bleu": result["tokenized_bleu"],
                             "bleu_signature": result["bleu_signature"], "chrf_signature": result["chrf_signature"],
                             "decode_seconds": round(seconds, 1)}
@@ -209,7 +209,7 @@ class Pipeline:
 
     def _analyze(self, student: Path, teacher: Path, data: Path) -> dict:
         from .analysis import agreement_statistics
-        from .batching import read_text
+        from .io import read_lines
         from .data.prepare import load_prepared
         from .models import load_model
         from .tokenizer import load_tokenizer
@@ -220,7 +220,7 @@ class Pipeline:
         n = self.config.analyze_sentences or None
         device = pick_device(self.device)
         return agreement_statistics(load_model(student, device), load_model(teacher, device), load_tokenizer(student),
-                                    read_text(src)[:n], read_text(tgt)[:n], device=device)
+                                    read_lines(src)[:n], read_lines(tgt)[:n], device=device)
 
     def run(self) -> Path:
         config = self.config

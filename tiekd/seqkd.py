@@ -11,9 +11,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .batching import read_text
 from .distributed import DistInfo, barrier
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, read_lines
 from .translate import DecodeOptions, translate_sentences
 
 CHUNK = 1024
@@ -29,7 +28,7 @@ def teacher_targets(teacher, tokenizer, source_path: Path, work_dir: Path, beam:
         return merged
     chunks_dir = work_dir / "chunks"
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    sources = read_text(source_path)
+    sources = read_lines(source_path)
     n_chunks = (len(sources) + chunk_size - 1) // chunk_size
     mine = [c for c in range(n_chunks) if c % dist.world_size == dist.rank]
     todo = [c for c in mine if not (chunks_dir / f"{c:06d}.txt").is_file()]

@@ -26,7 +26,7 @@ from . import batching, checkpoint
 from .config import RunConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed
 from .errors import TiekdError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, read_lines
 from .models import build_model, keep_pad_embedding_zero, load_model, parameter_count
 from .objectives import DistillationObjective, shift_right
 from .runfolder import prepare_run_folder
@@ -109,8 +109,8 @@ class Trainer:
 
         self.train_corpus = self._load_train_corpus()
         src, tgt = split_files(prepared, config.valid_split)
-        self.valid_sources = batching.read_text(src)
-        self.valid_references = batching.read_text(tgt)
+        self.valid_sources = read_lines(src)
+        self.valid_references = read_lines(tgt)
         self.valid_corpus = batching.encode_pair_files(self.tokenizer, src, tgt, self.student.config.max_position_embeddings)
         self.batches = batching.make_batches(self.train_corpus, config.max_tokens)
         self.batch_tokens = [sum(len(self.train_corpus.targets[i]) for i in ids) for ids in self.batches]

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import TiekdError
 
 
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +25,9 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_input(name: str) -> list[str]:
     if name == "-":
         return [line.rstrip("\r\n") for line in sys.stdin]
-    from .batching import read_text
+    from .io import read_lines  # errors name the file and line of any invalid UTF-8
 
-    try:
-        return read_text(Path(name))
-    except UnicodeDecodeError as exc:
-        raise TiekdError(f"{name}: invalid UTF-8 ({exc.reason} at byte {exc.start}). Fix: re-encode it as UTF-8") from exc
+    return read_lines(Path(name))
 
 
 def run_translate(args: argparse.Namespace) -> int:
