@@ -54,9 +54,46 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     assert json.loads((out / "results.json").read_text())["students"][0]["scores"] == table["students"][0]["scores"]
 
     # other settings in the same folder are refused, never mixed
-    changed = write_config(tmp_path / "exp2.yaml", {**TINY, "multi30k": str(multi30k), "seeds": [2]})
+    changed = write_config(tmp_path / "exp2.yaml", {**TINY, "multi30k": str(multi30k),
+                                                   "student": {**TINY["student"], "lr": 1e-3}})
     assert main(["experiment", "--config", str(changed), "--out", str(out)]) == 2
-    assert "different settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different settings" in err and "student" in err
+
+    # but rows may be added: a second seed for one row trains only that student
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("students/*/stage.json")}
+    students = [dict(TINY["students"][0], seeds=[1, 2])] + TINY["students"][1:]
+    more = write_config(tmp_path / "exp3.yaml", {**TINY, "multi30k": str(multi30k), "students": students})
+    assert main(["experiment", "--config", str(more), "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["name"], r["seeds"]) for r in rows] == [("No-KD", "2"), ("Word-KD", "1"), ("TIE-KD", "1")]
+
+
+def test_two_workers_share_one_experiment_folder(tmp_path, multi30k):
+    """Two processes started with the same command split the stages: every stage runs exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k)})
+    out = tmp_path / "exp"
+    command = [sys.executable, "-m", "tiekd", "experiment", "--config", str(config), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    trained = [line.split("]")[1].split(":")[0].strip() for log in logs for line in log.splitlines()
+               if line.startswith("[") and "] student " in line]
+    assert sorted(trained) == sorted(f"student {n}-micro-seed1" for n in ("no-kd", "word-kd", "tie-kd")), logs
+    for stage in out.glob("students/*/run/metrics.jsonl"):
+        steps = [json.loads(line)["step"] for line in stage.read_text().splitlines()
+                 if json.loads(line)["kind"] == "train"]
+        assert len(steps) == len(set(steps)), stage
+    for log in logs:  # each worker waited for the other and wrote the full table
+        assert "| TIE-KD |" in log and "| No-KD |" in log
 
 
 def test_every_shipped_preset_parses():

@@ -5,12 +5,21 @@ prepare -> teacher (train, average, translate, score) -> students (method x size
 average, translate, score, analyze) -> significance (paired bootstrap vs No-KD and Word-KD) -> report
 (results.md, results.csv, plots). Rerunning skips finished stages; an interrupted training stage
 resumes from its last checkpoint; a stage finished under different settings is refused, never mixed.
+
+Several workers may share one experiment folder (e.g. one per core or per GPU, each started with the
+same command): a stage is claimed with an exclusive `flock` on a file in `.locks/`, so each student is
+trained by exactly one worker; the others skip to the next free stage, then wait for the claimed ones
+before writing the report. The lock dies with its process, so a killed worker's stage is resumed by
+the next run. Rows (students, seeds, sizes) may be added to a finished experiment; any other change is
+refused, because the finished stages would no longer match the table's settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import time
@@ -33,6 +42,7 @@ class StudentSpec:
     method: str = "none"                        # a KD_METHODS entry
     options: dict = field(default_factory=dict)  # RunConfig overrides (e.g. ranking: false)
     sizes: list[str] | None = None              # student presets for this row (default: all sizes)
+    seeds: list[int] | None = None              # seeds for this row (default: the experiment's seeds)
 
 
 @dataclass
@@ -72,7 +82,7 @@ class ExperimentConfig:
             try:
                 students.append(StudentSpec(**spec))
             except TypeError as exc:
-                raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes") from exc
+                raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes, seeds") from exc
         return cls(students=students, **values)
 
     def to_dict(self) -> dict:
@@ -95,6 +105,28 @@ def settings_hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Keys that only add or relabel rows: changing them keeps every finished stage valid.
+ROW_KEYS = ("name", "students", "seeds", "student_sizes")
+BUSY = object()  # _stage's answer when another worker holds the stage
+
+
+@contextlib.contextmanager
+def claim(lock: Path, wait: bool):
+    """Hold an exclusive lock on the file `lock` (yield True), or yield False at once if `wait` is off
+    and another process holds it. flock locks are released by the kernel when their process dies."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Pipeline:
     """Runs the stages in `out`; each is skipped when its `stage.json` matches its settings."""
 
@@ -105,34 +137,67 @@ class Pipeline:
         self.device = device
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "experiment.yaml"
+        current = json.loads(json.dumps(config.to_dict()))
         if saved.is_file():
             previous = yaml.safe_load(saved.read_text())
-            if previous != json.loads(json.dumps(config.to_dict())):
-                raise TiekdError(f"{self.out}: holds an experiment with different settings ({saved}). Fix: use a new "
-                                 "--out, or delete the folder to start again")
-        else:
+            changed = sorted(k for k in set(previous) | set(current)
+                             if k not in ROW_KEYS and previous.get(k) != current.get(k))
+            if changed:
+                raise TiekdError(f"{self.out}: holds an experiment with different settings ({saved}: "
+                                 f"{', '.join(changed)}). Fix: use a new --out, or delete the folder to start "
+                                 "again; only rows (students, seeds, student_sizes) may be added to it")
+        if not report_only and (not saved.is_file() or previous != current):
             from .io import atomic_write_text
 
             atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------ stage book-keeping
-    def _stage(self, folder: Path, settings: dict, work):
-        """Run `work()` unless `folder/stage.json` records the same settings; return its result."""
+    def portable(self, value):
+        """`value` with paths inside the experiment folder written as `<out>/...`, so that a stage's hash
+        does not depend on how --out was spelled (relative, absolute) or where the folder was moved."""
+        if isinstance(value, dict):
+            return {k: self.portable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.portable(v) for v in value]
+        if isinstance(value, str):
+            for root in (str(self.out), str(self.out.resolve())):
+                if value == root or value.startswith(root + "/"):
+                    return "<out>" + value[len(root):]
+        return value
+
+    def _finished(self, folder: Path, digest: str):
         marker = folder / "stage.json"
-        digest = settings_hash(settings)
-        if marker.is_file():
-            record = json.loads(marker.read_text())
-            if record["settings_hash"] == digest:
-                return record["result"]
+        if not marker.is_file():
+            return None
+        record = json.loads(marker.read_text())
+        if record["settings_hash"] != digest:
             raise TiekdError(f"{folder}: finished under other settings. Fix: delete {folder} to redo it")
+        return record
+
+    def _stage(self, folder: Path, settings: dict, work, wait: bool = True):
+        """Run `work()` unless `folder/stage.json` records the same settings; return its result.
+
+        With `wait` off, return BUSY at once when another worker holds the stage."""
+        digest = settings_hash(self.portable(settings))
+        record = self._finished(folder, digest)
+        if record is not None:
+            return record["result"]
         if self.report_only:
             return None
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        result = work()
-        atomic_write_json(marker, {"settings_hash": digest, "settings": settings, "result": result,
-                                   "seconds": round(time.time() - started, 1)})
-        return result
+        # the lock lives outside the stage folder, which some stages replace atomically
+        lock = self.out / ".locks" / (str(folder.relative_to(self.out)).replace("/", "__") + ".lock")
+        with claim(lock, wait) as held:
+            if not held:
+                return BUSY
+            record = self._finished(folder, digest)  # another worker may have finished it meanwhile
+            if record is not None:
+                return record["result"]
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.time()
+            result = work()
+            atomic_write_json(folder / "stage.json", {"settings_hash": digest, "settings": settings, "result": result,
+                                                      "seconds": round(time.time() - started, 1)})
+            return result
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -230,7 +295,7 @@ class Pipeline:
                            lambda: str(self.prepare()))
         if data is None:
             raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
-        data = Path(data)
+        data = self.out / "data"
 
         teacher_dir = self.out / "teacher"
         if config.teacher_model:
@@ -245,13 +310,15 @@ class Pipeline:
                                                                      config.length_penalty]},
                                      lambda: self._evaluate(teacher_model, teacher_dir / "eval", data))
 
-        rows = []
-        for spec in config.students:
-            for size in spec.sizes or config.student_sizes:
-                for seed in config.seeds:
-                    row = self._student(spec, size, seed, data, teacher_model)
-                    if row is not None:  # None: not finished (only with --report-only)
-                        rows.append(row)
+        jobs = [(spec, size, seed) for spec in config.students for size in spec.sizes or config.student_sizes
+                for seed in spec.seeds or config.seeds]
+        # first pass: every stage no other worker holds; second: wait for the ones that were held
+        results = [self._student(*job, data, teacher_model, wait=False) for job in jobs]
+        for i, job in enumerate(jobs):
+            if results[i] is BUSY:
+                self.log(f"waiting for another worker to finish {self.slug(*job)}")
+                results[i] = self._student(*job, data, teacher_model, wait=True)
+        rows = [row for row in results if row is not None]  # None: not finished (only with --report-only)
         if teacher_scores is None:
             raise TiekdError(f"{self.out}: the teacher is not evaluated yet. Fix: run without --report-only")
         table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores}, "students": rows}
@@ -262,26 +329,29 @@ class Pipeline:
         self.log(f"results: {self.out / 'results.md'}")
         return self.out / "results.md"
 
-    def _student(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path) -> dict:
+    @staticmethod
+    def slug(spec: StudentSpec, size: str, seed: int) -> str:
+        return f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
+
+    def _student(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path, wait: bool = True):
         config = self.config
-        slug = f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
+        slug = self.slug(spec, size, seed)
         folder = self.out / "students" / slug
         settings = {"data": str(data), **config.student, **spec.options, "model": size, "seed": seed,
                     "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
         if spec.options.get("seq_kd_targets") and not settings["teacher"]:
             settings["teacher"] = str(teacher)
-        self.log(f"student {slug}: {spec.method}")
-
         def work():
+            self.log(f"student {slug}: {spec.method}")
             summary = self._train(folder, settings)
             scores = self._evaluate(folder / "model", folder, data)
             analysis = self._analyze(folder / "model", teacher, data)
             return {"summary": summary, "scores": scores, "analysis": analysis}
 
         result = self._stage(folder, {"student": settings, "eval": [config.test_sets, config.beam, config.length_penalty]},
-                             work)
-        if result is None:
-            return None
+                             work, wait=wait)
+        if result is None or result is BUSY:
+            return result
         return {"name": spec.name, "method": spec.method, "size": size, "seed": seed, "folder": str(folder), **result}
 
 
