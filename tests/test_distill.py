@@ -63,7 +63,15 @@ def test_iterative_passes_feed_the_previous_student_argmax(prepared, teacher_dir
         seen.append(("student" if model is objective.student else "teacher", decoder_input_ids.clone(), logits.detach()))
         return logits
 
+    first_pass = objective._first_student_pass
+
+    def recording_first(input_ids, mask, decoder_input_ids):
+        logits, encoded = first_pass(input_ids, mask, decoder_input_ids)
+        seen.append(("student", decoder_input_ids.clone(), logits.detach()))
+        return logits, encoded
+
     objective._decode = recording
+    objective._first_student_pass = recording_first
     total, _ = objective(batch.input_ids, batch.attention_mask, batch.labels)
     roles = [role for role, _, _ in seen]
     assert roles == ["student", "teacher", "student", "teacher", "student", "teacher"]

@@ -69,17 +69,21 @@ def assert_same_training(two: Path, one: Path, steps: int) -> None:
         assert torch.allclose(wa[key], wb[key], atol=1e-6, rtol=0), key
 
 
-@pytest.mark.parametrize("command, update_freq", [("train", 1), ("distill", 1), ("train", 2)])
-def test_two_processes_equal_one_process_with_the_same_global_batch(command, update_freq, prepared, teacher_dir,
-                                                                    tmp_path):
+@pytest.mark.parametrize("command, update_freq, sharding", [("train", 1, "ddp"), ("distill", 1, "ddp"),
+                                                             ("train", 2, "ddp"), ("train", 2, "fsdp"),
+                                                             ("distill", 1, "fsdp")])
+def test_two_processes_equal_one_process_with_the_same_global_batch(command, update_freq, sharding, prepared,
+                                                                    teacher_dir, tmp_path):
     """2 processes x update_freq batches per update == 1 process x 2 * update_freq (update_freq 2 also
-    exercises DDP's no_sync accumulation)."""
+    exercises DDP's no_sync and FSDP's deferred reduce-scatter accumulation). Under FSDP each rank holds
+    half of every parameter, yet the run (and its checkpoints: full HF folders) must be the same."""
     teacher = teacher_dir if command == "distill" else None
     # train: validation BLEU on 1 sentence, so rank 1 decodes nothing and the gathering must cope
     valid = (["--valid-bleu", "--valid-max-sentences", "1", "--valid-beam", "1"] if command == "train"
              else ["--no-valid-bleu"])
     two, one = tmp_path / "two", tmp_path / "one"
-    done = run_to_end(TORCHRUN + run_args(command, prepared, two, 3, update_freq, teacher, *valid), tmp_path)
+    sharded = ["--fsdp"] if sharding == "fsdp" else []
+    done = run_to_end(TORCHRUN + run_args(command, prepared, two, 3, update_freq, teacher, *valid, *sharded), tmp_path)
     run_to_end(SINGLE + run_args(command, prepared, one, 3, 2 * update_freq, teacher, *valid), tmp_path)
 
     assert done.stdout.count("student: ") == 1 and "x 2 processes" in done.stdout  # rank 0 speaks alone
@@ -150,3 +154,22 @@ def test_a_signal_to_one_rank_stops_all_ranks_cleanly_and_the_run_resumes(prepar
                tmp_path)
     assert_same_training(run, one, total)
     assert json.loads((run / "summary.json").read_text())["interrupted"] is False
+
+
+def test_fsdp_checkpoints_resume_sharded_or_replicated(prepared, tmp_path):
+    """An FSDP run saved at update 2 resumes under FSDP to update 3, then under DDP to update 4; the
+    result equals one uninterrupted process with the same global batch (losses, Adam state, weights)."""
+    run, one = tmp_path / "run", tmp_path / "one"
+    extra = ["--save-every", "1", "--no-valid-bleu"]
+    run_to_end(TORCHRUN + run_args("train", prepared, run, 2, 1, None, *extra, "--fsdp"), tmp_path)
+    from tiekd.models import load_model
+
+    load_model(run / "checkpoints" / "step_0000002")  # a plain Hugging Face model folder
+    run_to_end(TORCHRUN + run_args("train", prepared, run, 3, 1, None, *extra, "--fsdp", "--resume"), tmp_path)
+    run_to_end(TORCHRUN + run_args("train", prepared, run, 4, 1, None, *extra, "--resume"), tmp_path)
+    run_to_end(SINGLE + run_args("train", prepared, one, 4, 2, None, *extra), tmp_path)
+    assert_same_training(run, one, 4)
+    weights = load_file(str(run / "checkpoints" / "step_0000004" / "model.safetensors"))
+    assert not weights["model.shared.weight"][-1].any()  # the <pad> row (last id) stayed zero in the shards
+    saved = checkpoint.load_trainer_state(run / "checkpoints" / "step_0000003")
+    assert saved["optimizer_layout"] == "names" and saved["optimizer"]["state"]

@@ -331,6 +331,11 @@ def test_train_and_distill_refuse_bad_inputs(prepared, tmp_path, capsys):
     (not_a_model / "readme.txt").write_text("not a model")
     fails_cleanly(capsys, ["train", "--data", str(prepared), "--out", str(tmp_path / "m"), *run,
                            "--model", str(not_a_model)], str(not_a_model), "not a model folder")
+    fails_cleanly(capsys, ["train", "--data", str(prepared), "--out", str(tmp_path / "m"), *run,
+                           "--model", "tinny"], "--model tinny", "micro")
+    fails_cleanly(capsys, ["distill", "--method", "word-kd", "--teacher", str(not_a_model), "--data", str(prepared),
+                           "--out", str(tmp_path / "m"), *run], str(not_a_model), "not a model folder")
+    assert not (tmp_path / "m").exists()  # nothing written: the corrected command needs no --overwrite
 
 
 def test_distill_refuses_a_teacher_with_another_vocabulary(prepared, tmp_path, capsys):

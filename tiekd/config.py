@@ -50,6 +50,7 @@ class RunConfig:
     device: str = "auto"           # auto, cpu, cuda, cuda:N
     precision: str = "auto"        # auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16
     compile: bool = False          # torch.compile the student
+    fsdp: bool = False             # under torchrun: shard the student with FSDP2 instead of DDP replicas
     deterministic: bool = False    # deterministic algorithms (for exact resume tests)
     on_nonfinite: str = "error"    # error: stop naming the step; skip: skip the update and count it
     train_split: str = "train"

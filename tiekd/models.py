@@ -92,6 +92,27 @@ def keep_pad_embedding_zero(model) -> None:
     weight.register_hook(zero_pad_row)
 
 
+def zero_pad_row_grad(model) -> None:
+    """Zero the `<pad>` row of the shared embedding's accumulated gradient, in place.
+
+    The trainer's form of `keep_pad_embedding_zero`: called once per update before clipping, it also
+    works under FSDP2, where the gradient is a DTensor sharded by rows (rank r holds the r-th chunk of
+    ceil(V / N) rows, torch.chunk's split) and a hook on the original parameter would never fire.
+    """
+    grad = model.get_input_embeddings().weight.grad
+    if grad is None:
+        return
+    pad_id = model.config.pad_token_id
+    if hasattr(grad, "to_local"):  # DTensor
+        local = grad.to_local()
+        rows_per_rank = -(-grad.shape[0] // grad.device_mesh.size())
+        start = grad.device_mesh.get_local_rank() * rows_per_rank
+        if start <= pad_id < start + local.shape[0]:
+            local[pad_id - start] = 0
+    else:
+        grad[pad_id] = 0
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Load a seq2seq model folder with a clear error when it is not one."""
     from transformers import AutoModelForSeq2SeqLM

@@ -16,6 +16,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from . import losses
 from .config import RunConfig
@@ -70,11 +71,18 @@ class DistillationObjective(nn.Module):
         return model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
                      decoder_input_ids=decoder_input_ids, use_cache=False).logits
 
+    def _first_student_pass(self, input_ids, attention_mask, decoder_input_ids):
+        """(logits, encoder output) of the student's first pass. Every student call goes through the
+        model's own forward, never a submodule alone: under FSDP only the root forward gathers the
+        shared embeddings. The encoder runs here once; passes 2..N reuse its output."""
+        output = self.student(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                              use_cache=False)
+        return output.logits, BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
+
     def forward(self, input_ids, attention_mask, labels):
         config = self.config
         decoder_input = shift_right(labels, self.start_id)
-        student_encoded = self.student.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        student_logits = self._decode(self.student, student_encoded, attention_mask, decoder_input)
+        student_logits, student_encoded = self._first_student_pass(input_ids, attention_mask, decoder_input)
         ce = losses.label_smoothed_ce(student_logits, labels, self.pad_id, epsilon=config.label_smoothing)
         if self.kd_loss is None:
             return ce, {"ce": ce.detach()}

@@ -12,7 +12,8 @@ from .errors import TiekdError
 
 # keys a resumed run may change: extending a run is allowed, changing what it trains is not. `out` is the
 # folder being resumed, however it is spelled (relative, absolute, trailing slash) or wherever it was moved
-RESUMABLE_CHANGES = {"out", "max_updates", "max_epochs", "device", "valid_every", "save_every", "log_every", "compile"}
+RESUMABLE_CHANGES = {"out", "max_updates", "max_epochs", "device", "valid_every", "save_every", "log_every", "compile",
+                     "fsdp"}
 
 
 def prepare_run_folder(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:

@@ -6,6 +6,7 @@ every rank computes from the batch list without communication. With DDP averagin
 ranks, each rank scales its local sum by `world_size / global_tokens`, so the update is identical
 however the batch is split. The whole state (model, optimizer, scheduler, data position, RNG) goes
 into every checkpoint; `--resume` continues bit-for-bit on CPU in deterministic mode.
+With `--fsdp` the student is sharded (tiekd/fsdp.py) instead of replicated; the same code runs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import torch
 
 from . import batching, checkpoint
 from .config import RunConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, shutdown
 from .errors import TiekdError
 from .io import atomic_write_json, atomic_write_text, read_lines
-from .models import build_model, keep_pad_embedding_zero, load_model, parameter_count
+from .models import build_model, load_model, parameter_count, zero_pad_row_grad
 from .objectives import DistillationObjective, shift_right
 from .runfolder import prepare_run_folder
 from .schedule import make_scheduler
@@ -69,6 +70,18 @@ def _record_step(line: str) -> float:
         return math.inf
 
 
+def _check_model_arguments(config: RunConfig) -> None:
+    """Refuse a --model that is neither a preset nor a model folder, and a --teacher that is no model folder."""
+    from .models import PRESETS
+
+    if config.model not in PRESETS and not (Path(config.model) / "config.json").is_file():
+        raise TiekdError(f"--model {config.model}: not a model preset and not a model folder (no config.json). "
+                         f"Fix: use a preset ({', '.join(PRESETS)}) or a folder written by tiekd train/distill/average")
+    if config.uses_teacher and not (Path(config.teacher) / "config.json").is_file():
+        raise TiekdError(f"--teacher {config.teacher}: not a model folder (no config.json). Fix: pass a folder "
+                         "written by `tiekd train` or `tiekd average`, or any Hugging Face seq2seq model folder")
+
+
 class Trainer:
     """One run: build everything from a `RunConfig`, then `fit()`."""
 
@@ -86,6 +99,7 @@ class Trainer:
         self.prepared = prepared
         self.tokenizer = load_tokenizer(prepared.tokenizer_dir)
         self.pad_id = self.tokenizer.pad_token_id
+        _check_model_arguments(config)  # before the run folder is written, so a typo leaves nothing behind
         if self.dist.is_main:
             config = prepare_run_folder(config, resume, overwrite)
         barrier(self.dist)
@@ -95,17 +109,28 @@ class Trainer:
         self._seed_everything(config.seed)
 
         self.student = self._build_student()
+        self.resume_from = self._find_resume_checkpoint() if resume else None
+        if self.resume_from is not None:
+            self._load_weights(self.resume_from)  # before sharding: every rank loads the full weights
         self.teacher = self._load_teacher() if config.uses_teacher else None
         self.objective = DistillationObjective(self.student, config, self.teacher if config.method != "seq-kd" else None)
         self.objective.to(self.device)
+        self.fsdp = config.fsdp and self.dist.enabled
+        if config.fsdp and not self.dist.enabled and not self.quiet:
+            print("--fsdp: one process, so nothing to shard; training unsharded", flush=True)
+        if self.fsdp:
+            from .fsdp import shard_model
+
+            shard_model(self.student, self.device, self.dist.world_size)
         self.train_module = self.objective
         if config.compile:
             self.train_module = torch.compile(self.train_module)
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             self.train_module = DistributedDataParallel(
                 self.train_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._replica = None  # an unsharded copy of an FSDP student, for validation and saving
 
         self.train_corpus = self._load_train_corpus()
         src, tgt = split_files(prepared, config.valid_split)
@@ -121,8 +146,8 @@ class Trainer:
         self.state = {"step": 0, "epoch": 0, "update_in_epoch": 0, "best_score": None, "best_step": None,
                       "skipped_nonfinite": 0, "target_tokens_seen": 0}
         self.stop_signal: int | None = None
-        if resume:
-            self._resume()
+        if self.resume_from is not None:
+            self._resume_state(self.resume_from)
         if self.dist.is_main and not self.quiet:
             n = parameter_count(self.student)
             print(f"student: {n / 1e6:.2f}M parameters; {len(self.train_corpus)} training pairs in "
@@ -147,7 +172,6 @@ class Trainer:
             for module in student.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = config.dropout
-        keep_pad_embedding_zero(student)
         return student.to(self.device).train()
 
     def _check_vocab(self, model_dir: str, role: str) -> None:
@@ -179,32 +203,65 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _trainer_state(self) -> dict:
+        if self.fsdp:  # unsharded, keyed by parameter name: resumable under any world size (tiekd/fsdp.py)
+            from .fsdp import full_optimizer_state
+
+            optimizer, layout = full_optimizer_state(self.student, self.optimizer), "names"
+        else:
+            optimizer, layout = self.optimizer.state_dict(), "ids"
         return {
             **self.state,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
+            "optimizer_layout": layout,
             "scheduler": self.scheduler.state_dict(),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.config.to_dict(),
         }
 
+    def _unsharded_student(self, every_rank: bool):
+        """The student as a plain model: itself, or under FSDP a replica filled with the full weights
+        (a collective; with `every_rank` off only rank 0's replica is filled)."""
+        if not self.fsdp:
+            return self.student
+        import copy
+
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        from .fsdp import FULL_ON_EVERY_RANK, FULL_ON_RANK0
+
+        weights = get_model_state_dict(self.student, options=FULL_ON_EVERY_RANK if every_rank else FULL_ON_RANK0)
+        if not weights:
+            return None
+        if self._replica is None:
+            from transformers import AutoModelForSeq2SeqLM
+
+            # its random initialisation must not advance the training RNG (dropout masks)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self._replica = AutoModelForSeq2SeqLM.from_config(self.student.config)
+            self._replica.generation_config = copy.deepcopy(self.student.generation_config)
+        self._replica.load_state_dict({k: v.to(self.device) for k, v in weights.items()})
+        return self._replica.to(self.device)
+
     def save(self, best: bool = False) -> Path | None:
+        model = self._unsharded_student(every_rank=False)  # collectives first: every rank takes part
+        state = self._trainer_state()
         if not self.dist.is_main:
             return None
         folder = self.checkpoint_dir / f"step_{self.state['step']:07d}"
-        state = self._trainer_state()
-        checkpoint.save_checkpoint(folder, self.student, self.tokenizer, state)
+        checkpoint.save_checkpoint(folder, model, self.tokenizer, state)
         if best:
-            checkpoint.save_checkpoint(self.checkpoint_dir / "best", self.student, self.tokenizer, state)
+            checkpoint.save_checkpoint(self.checkpoint_dir / "best", model, self.tokenizer, state)
         checkpoint.prune_step_checkpoints(self.checkpoint_dir, self.config.keep_last)
         return folder
 
-    def _resume(self) -> None:
+    def _find_resume_checkpoint(self) -> Path | None:
         folder = checkpoint.latest_good_checkpoint(self.checkpoint_dir)
-        if folder is None:
-            if self.dist.is_main and not self.quiet:
-                print(f"{self.out}: no checkpoint yet; starting from scratch", flush=True)
-            return
+        if folder is None and self.dist.is_main and not self.quiet:
+            print(f"{self.out}: no checkpoint yet; starting from scratch", flush=True)
+        return folder
+
+    def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
         weights = load_file(str(folder / "model.safetensors"))
@@ -215,8 +272,19 @@ class Trainer:
         if real_missing or unexpected:
             raise TiekdError(f"{folder}: checkpoint does not fit the model (missing {real_missing[:3]}, "
                              f"unexpected {unexpected[:3]}). Fix: resume with the run's own config")
+
+    def _resume_state(self, folder: Path) -> None:
         saved = checkpoint.load_trainer_state(folder)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("optimizer_layout", "ids") == "names":  # written under FSDP
+            from .fsdp import load_full_optimizer_state
+
+            load_full_optimizer_state(self.student, self.optimizer, saved["optimizer"])
+        elif self.fsdp:
+            raise TiekdError(f"{folder}: this checkpoint was written without --fsdp and its optimizer state "
+                             "cannot be sharded. Fix: resume without --fsdp (checkpoints written with --fsdp "
+                             "resume either way)")
+        else:
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         for key in self.state:
             self.state[key] = saved[key]
@@ -283,7 +351,11 @@ class Trainer:
         for micro, batch_id in enumerate(mine):
             batch = batching.collate(self.train_corpus, self.batches[batch_id]).to(self.device)
             sync = micro == len(mine) - 1
-            no_sync = self.train_module.no_sync if (self.dist.enabled and not sync) else contextlib.nullcontext
+            no_sync = contextlib.nullcontext
+            if self.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+                self.student.set_requires_gradient_sync(sync)
+            elif self.dist.enabled and not sync:
+                no_sync = self.train_module.no_sync
             with no_sync(), autocast_context(self.device, config.precision):
                 loss, stats = self.train_module(batch.input_ids, batch.attention_mask, batch.labels)
             with no_sync():
@@ -291,8 +363,12 @@ class Trainer:
             loss_sum += loss.detach().float()
             for key, value in stats.items():
                 parts[key] = parts.get(key, 0) + value.float()
+        # the <pad> row is the decoder's start state and stays zero (models.keep_pad_embedding_zero)
+        zero_pad_row_grad(self.student)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.student.parameters(), config.clip_norm if config.clip_norm > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         # the stop flag rides along so that every rank stops after the same update
         stop = torch.tensor(float(self.stop_signal is not None), device=self.device)
         totals = all_reduce_sum(torch.stack([loss_sum, *parts.values(), stop]), self.dist)
@@ -304,8 +380,13 @@ class Trainer:
     # ----------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict:
+        """Loss, perplexity and (greedy) BLEU on the validation split, each rank taking a share.
+
+        Under FSDP every rank validates with an unsharded copy: ranks run different numbers of forward
+        passes here (generation stops when its sentences end), which sharded layers cannot do."""
         config = self.config
-        self.student.eval()
+        model = self._unsharded_student(every_rank=True)
+        model.eval()
         valid_batches = batching.make_batches(self.valid_corpus, config.max_tokens)
         sums = torch.zeros(3, device=self.device)  # ls_ce sum, nll sum, tokens
         from .losses import label_smoothed_ce
@@ -315,9 +396,9 @@ class Trainer:
                 continue
             batch = batching.collate(self.valid_corpus, ids).to(self.device)
             with autocast_context(self.device, config.precision):
-                logits = self.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                      decoder_input_ids=shift_right(batch.labels, self.student.config.decoder_start_token_id),
-                                      use_cache=False).logits
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               decoder_input_ids=shift_right(batch.labels, model.config.decoder_start_token_id),
+                               use_cache=False).logits
             sums[0] += label_smoothed_ce(logits, batch.labels, self.pad_id, epsilon=config.label_smoothing).float()
             sums[1] += label_smoothed_ce(logits, batch.labels, self.pad_id, epsilon=0.0).float()
             sums[2] += batch.num_target_tokens
@@ -331,12 +412,12 @@ class Trainer:
             count = config.valid_max_sentences or len(self.valid_sources)
             indices = list(range(min(count, len(self.valid_sources))))
             mine = indices[self.dist.rank::self.dist.world_size]
-            hyps = translate_sentences(self.student, self.tokenizer, [self.valid_sources[i] for i in mine],
+            hyps = translate_sentences(model, self.tokenizer, [self.valid_sources[i] for i in mine],
                                        DecodeOptions(beam=config.valid_beam, progress=False, max_length=200))
             pairs = sorted(gather_objects(list(zip(mine, hyps)), self.dist))
             refs = [self.valid_references[i] for i, _ in pairs]
             record["bleu"] = sacrebleu.corpus_bleu([h for _, h in pairs], [refs]).score
-        self.student.train()
+        model.train()
         return record
 
     # ----------------------------------------------------------------- the loop
@@ -474,4 +555,7 @@ class Trainer:
 
 def run_training(config: RunConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
     trainer = Trainer(config, resume=resume, overwrite=overwrite, quiet=quiet)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        shutdown(trainer.dist)  # leave the process group cleanly (NCCL warns otherwise)
