@@ -47,6 +47,14 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     report = (out / "results.md").read_text()
     assert "| Teacher |" in report and "TIE-KD" in report
 
+    # a stage recorded before hashes became path-independent (hash of the raw settings) is still accepted
+    from tiekd.experiment import settings_hash
+
+    marker = out / "students" / "word-kd-micro-seed1" / "stage.json"
+    record = json.loads(marker.read_text())
+    record["settings_hash"] = settings_hash(record["settings"])
+    marker.write_text(json.dumps(record))
+
     # a rerun finds every stage done and trains nothing
     started = time.perf_counter()
     assert main(["experiment", "--config", str(config), "--out", str(out)]) == 0
@@ -126,3 +134,20 @@ def test_analyze_writes_json_plot_and_summary(prepared, teacher_dir, tmp_path, c
     assert shares == pytest.approx(1.0)
     assert (out / "analysis.png").stat().st_size > 1000
     assert "top-1 agreement" in capsys.readouterr().out
+
+
+def test_an_interrupted_training_stage_is_not_recorded_as_finished(tmp_path, multi30k, monkeypatch):
+    """A SIGTERM makes the trainer save and return; the experiment must stop, not score a half-trained model."""
+    from tiekd import trainer
+    from tiekd.cli import main
+
+    config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k)})
+    real = trainer.run_training
+
+    def stopped_early(run_config, **kwargs):
+        summary = real(run_config, **kwargs)
+        return {**summary, "interrupted": True}
+
+    monkeypatch.setattr(trainer, "run_training", stopped_early)
+    assert main(["experiment", "--config", str(config), "--out", str(tmp_path / "exp")]) == 2
+    assert not (tmp_path / "exp" / "teacher" / "stage.json").exists()

@@ -57,6 +57,7 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -138,15 +138,15 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "experiment.yaml"
         current = json.loads(json.dumps(config.to_dict()))
-        if saved.is_file():
-            previous = yaml.safe_load(saved.read_text())
+        previous = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        if previous is not None:
             changed = sorted(k for k in set(previous) | set(current)
                              if k not in ROW_KEYS and previous.get(k) != current.get(k))
             if changed:
                 raise TiekdError(f"{self.out}: holds an experiment with different settings ({saved}: "
                                  f"{', '.join(changed)}). Fix: use a new --out, or delete the folder to start "
                                  "again; only rows (students, seeds, student_sizes) may be added to it")
-        if not report_only and (not saved.is_file() or previous != current):
+        if not report_only and previous != current:
             from .io import atomic_write_text
 
             atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -165,12 +165,12 @@ class Pipeline:
                     return "<out>" + value[len(root):]
         return value
 
-    def _finished(self, folder: Path, digest: str):
+    def _finished(self, folder: Path, digests: tuple[str, ...]):
         marker = folder / "stage.json"
         if not marker.is_file():
             return None
         record = json.loads(marker.read_text())
-        if record["settings_hash"] != digest:
+        if record["settings_hash"] not in digests:
             raise TiekdError(f"{folder}: finished under other settings. Fix: delete {folder} to redo it")
         return record
 
@@ -179,7 +179,9 @@ class Pipeline:
 
         With `wait` off, return BUSY at once when another worker holds the stage."""
         digest = settings_hash(self.portable(settings))
-        record = self._finished(folder, digest)
+        # stages finished before hashes became path-independent carry the hash of the raw settings
+        digests = (digest, settings_hash(settings))
+        record = self._finished(folder, digests)
         if record is not None:
             return record["result"]
         if self.report_only:
@@ -189,7 +191,7 @@ class Pipeline:
         with claim(lock, wait) as held:
             if not held:
                 return BUSY
-            record = self._finished(folder, digest)  # another worker may have finished it meanwhile
+            record = self._finished(folder, digests)  # another worker may have finished it meanwhile
             if record is not None:
                 return record["result"]
             folder.mkdir(parents=True, exist_ok=True)
@@ -238,6 +240,9 @@ class Pipeline:
         config = RunConfig.from_dict({**settings, "out": str(run), "device": self.device}, source=str(folder))
         resume = (run / "config.yaml").is_file()
         summary = run_training(config, resume=resume, overwrite=not resume)
+        if summary["interrupted"]:  # never record a half-trained model as a finished stage
+            raise TiekdError(f"{run}: training was stopped by a signal at update {summary['step']}. Fix: rerun the "
+                             "same command to resume it")
         average_checkpoints(find_last_checkpoints(run, self.config.average_last), folder / "model", overwrite=True)
         return summary
 
@@ -324,8 +329,9 @@ class Pipeline:
         table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores}, "students": rows}
         from .report import add_significance, write_report
 
-        add_significance(table, self.out, config)
-        write_report(table, self.out, config)
+        with claim(self.out / ".locks" / "report.lock", wait=True):  # one worker writes the report at a time
+            add_significance(table, self.out, config)
+            write_report(table, self.out, config)
         self.log(f"results: {self.out / 'results.md'}")
         return self.out / "results.md"
 

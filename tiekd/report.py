@@ -2,16 +2,19 @@
 
 Rows are (method, student size); over seeds we report the mean and the sample standard deviation.
 Significance is a paired bootstrap (Koehn 2004, `tiekd.evaluate.paired_bootstrap`) of each row's
-seed-1 translations of the main test set against No-KD's and Word-KD's of the same size and seed.
+translations of the main test set against No-KD's and Word-KD's of the same size and seed; with
+several seeds the table gives the mean difference and every seed's difference and p-value, because
+early in training one seed can reverse the mean (docs/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from pathlib import Path
 
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def add_significance(table: dict, out: Path, config) -> None:
@@ -57,17 +60,29 @@ def aggregate(table: dict, config) -> list[dict]:
         groups.setdefault((row["name"], row["size"]), []).append(row)
     lines = []
     for (name, size), rows in groups.items():
-        first = min(rows, key=lambda r: r["seed"])
         line = {"name": name, "method": rows[0]["method"], "size": size, "seeds": len(rows)}
         for test in config.test_sets:
             for metric in ("bleu", "chrf", "tokenized_bleu"):
                 line[f"{test}:{metric}"] = _mean_std([r["scores"][test][metric] for r in rows])
         line["top1_agreement"] = _mean_std([r["analysis"]["top1_agreement"] for r in rows])
         line["teacher_gold_overlap"] = rows[0]["analysis"]["teacher_gold_overlap"]
-        line["significance"] = first.get("significance", {})
+        line["significance"] = _over_seeds(sorted(rows, key=lambda r: r["seed"]))
         line["main"] = line[f"{main_test}:bleu"]
         lines.append(line)
     return lines
+
+
+def _over_seeds(rows: list[dict]) -> dict:
+    """Per baseline: mean difference over the seeds that have one, and each seed's (diff, p)."""
+    summary = {}
+    for key in ("vs_no_kd", "vs_word_kd"):
+        tests = [(r["seed"], r["significance"][key]) for r in rows if key in r.get("significance", {})]
+        if tests:
+            summary[key] = {"diff": statistics.fmean(t["diff"] for _, t in tests),
+                            "p_value": tests[0][1]["p_value"] if len(tests) == 1 else None,
+                            "per_seed": [{"seed": seed, "diff": t["diff"], "p_value": t["p_value"]}
+                                         for seed, t in tests]}
+    return summary
 
 
 def _fmt(pair: tuple[float, float | None], scale: float = 1.0, digits: int = 2) -> str:
@@ -80,7 +95,10 @@ def _p(sig: dict, key: str) -> str:
     if key not in sig:
         return "–"
     item = sig[key]
-    return f"{item['diff']:+.2f} (p={item['p_value']:.3f})"
+    if len(item["per_seed"]) == 1:
+        return f"{item['diff']:+.2f} (p={item['p_value']:.3f})"
+    seeds = "; ".join(f"{t['diff']:+.2f} p={t['p_value']:.3f}" for t in item["per_seed"])
+    return f"{item['diff']:+.2f} mean (seeds: {seeds})"
 
 
 def write_report(table: dict, out: Path, config) -> None:
@@ -96,7 +114,8 @@ def write_report(table: dict, out: Path, config) -> None:
     md = [f"# {config.name}: Multi30k {config.src_lang}→{config.tgt_lang}", "",
           f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
           f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {main_test} "
-          f"by paired bootstrap ({config.bootstrap_resamples} resamples, first seed), two-sided p.", "",
+          f"by paired bootstrap ({config.bootstrap_resamples} resamples, same seed), two-sided p; with several seeds, "
+          "the mean Δ and each seed's Δ and p.", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     teacher_cells = ["Teacher", "", ""]
     for test in config.test_sets:
@@ -116,7 +135,9 @@ def write_report(table: dict, out: Path, config) -> None:
             if ":" in key or key == "top1_agreement":
                 flat[f"{key}:mean"], flat[f"{key}:std"] = value
         for key, item in line["significance"].items():
-            flat[f"{key}:diff"], flat[f"{key}:p"] = item["diff"], item["p_value"]
+            flat[f"{key}:diff"] = item["diff"]
+            flat[f"{key}:p"] = ";".join(f"{t['p_value']:.4g}" for t in item["per_seed"])
+            flat[f"{key}:diff_per_seed"] = ";".join(f"{t['diff']:.4f}" for t in item["per_seed"])
         csv_rows.append(flat)
     signature = teacher[main_test].get("bleu_signature", "")
     md += ["", f"BLEU signature: `{signature}`", "",
@@ -126,10 +147,11 @@ def write_report(table: dict, out: Path, config) -> None:
     atomic_write_text(out / "results.md", "\n".join(md))
     if csv_rows:
         fields = list(dict.fromkeys(k for row in csv_rows for k in row))
-        with open(out / "results.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(csv_rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(csv_rows)
+        atomic_write_text(out / "results.csv", text.getvalue())
     _plots(lines, teacher[main_test]["bleu"], out, main_test)
 
 
@@ -158,5 +180,7 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
         ax.set_xticks(range(len(lines)), labels, fontsize=8)
         ax.set_ylabel(ylabel)
         fig.tight_layout()
-        fig.savefig(out / filename, dpi=120)
+        image = io.BytesIO()  # written whole: another worker may be writing the same report
+        fig.savefig(image, format="png", dpi=120)
+        atomic_write_bytes(out / filename, image.getvalue())
         plt.close(fig)

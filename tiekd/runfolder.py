@@ -16,6 +16,18 @@ RESUMABLE_CHANGES = {"out", "max_updates", "max_epochs", "device", "valid_every"
                      "fsdp"}
 
 
+PATH_KEYS = ("data", "teacher", "model")
+
+
+def _same_setting(key: str, now, before) -> bool:
+    """Equal values; for paths, the same folder however it is spelled (relative, absolute, ./)."""
+    if now == before:
+        return True
+    if key in PATH_KEYS and now and before and Path(now).exists():
+        return Path(now).resolve() == Path(before).resolve()
+    return False
+
+
 def prepare_run_folder(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
     """Create or check `config.out`; returns the configuration the run must use."""
     out = Path(config.out)
@@ -24,8 +36,8 @@ def prepare_run_folder(config: RunConfig, resume: bool, overwrite: bool) -> RunC
         if not saved_path.is_file():
             raise TiekdError(f"{out}: nothing to resume (no config.yaml). Fix: drop --resume to start a new run")
         saved = RunConfig.from_dict(yaml.safe_load(saved_path.read_text()), source=str(saved_path))
-        differs = [k for k, v in config.to_dict().items()
-                   if k not in RESUMABLE_CHANGES and v != saved.to_dict()[k]]
+        now, before = config.to_dict(), saved.to_dict()
+        differs = [k for k in now if k not in RESUMABLE_CHANGES and not _same_setting(k, now[k], before[k])]
         if differs:
             raise TiekdError(
                 f"{out}: --resume with a different configuration ({', '.join(differs)}). Fix: resume with the "

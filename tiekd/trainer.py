@@ -203,7 +203,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _trainer_state(self) -> dict:
-        if self.fsdp:  # unsharded, keyed by parameter name: resumable under any world size (tiekd/fsdp.py)
+        if self.fsdp and not self.optimizer.state:
+            # nothing to keep yet; get_optimizer_state_dict would take a real (zero-gradient) Adam step
+            optimizer, layout = {}, "empty"
+        elif self.fsdp:  # unsharded, keyed by parameter name: resumable under any world size (tiekd/fsdp.py)
             from .fsdp import full_optimizer_state
 
             optimizer, layout = full_optimizer_state(self.student, self.optimizer), "names"
@@ -221,7 +224,8 @@ class Trainer:
 
     def _unsharded_student(self, every_rank: bool):
         """The student as a plain model: itself, or under FSDP a replica filled with the full weights
-        (a collective; with `every_rank` off only rank 0's replica is filled)."""
+        (a collective). With `every_rank` on, each rank gets the replica on its device (for validation;
+        `_release_replica` moves it off again); off, only rank 0 gets it, on the CPU (for saving)."""
         if not self.fsdp:
             return self.student
         import copy
@@ -240,8 +244,13 @@ class Trainer:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 self._replica = AutoModelForSeq2SeqLM.from_config(self.student.config)
             self._replica.generation_config = copy.deepcopy(self.student.generation_config)
-        self._replica.load_state_dict({k: v.to(self.device) for k, v in weights.items()})
-        return self._replica.to(self.device)
+        device = self.device if every_rank else torch.device("cpu")
+        self._replica.to(device).load_state_dict(weights)
+        return self._replica
+
+    def _release_replica(self) -> None:
+        if self._replica is not None:
+            self._replica.to("cpu")  # give the device memory back to the sharded training state
 
     def save(self, best: bool = False) -> Path | None:
         model = self._unsharded_student(every_rank=False)  # collectives first: every rank takes part
@@ -275,7 +284,10 @@ class Trainer:
 
     def _resume_state(self, folder: Path) -> None:
         saved = checkpoint.load_trainer_state(folder)
-        if saved.get("optimizer_layout", "ids") == "names":  # written under FSDP
+        layout = saved.get("optimizer_layout", "ids")
+        if layout == "empty":  # saved before the first optimizer step: nothing to restore
+            pass
+        elif layout == "names":  # written under FSDP
             from .fsdp import load_full_optimizer_state
 
             load_full_optimizer_state(self.student, self.optimizer, saved["optimizer"])
@@ -418,6 +430,7 @@ class Trainer:
             refs = [self.valid_references[i] for i, _ in pairs]
             record["bleu"] = sacrebleu.corpus_bleu([h for _, h in pairs], [refs]).score
         model.train()
+        self._release_replica()
         return record
 
     # ----------------------------------------------------------------- the loop
@@ -517,8 +530,9 @@ class Trainer:
                         break
                 if interrupted:
                     break
-            if interrupted and last_saved != self.state["step"]:
-                self.save()
+            if last_saved != self.state["step"]:
+                # interrupted, or the run's last update was skipped as non-finite: keep what was trained
+                self.save() if interrupted else self._validate_and_save()
         finally:
             bar.close()
             for sig, handler in previous_handlers.items():
@@ -554,8 +568,7 @@ class Trainer:
 
 
 def run_training(config: RunConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
-    trainer = Trainer(config, resume=resume, overwrite=overwrite, quiet=quiet)
     try:
-        return trainer.fit()
+        return Trainer(config, resume=resume, overwrite=overwrite, quiet=quiet).fit()
     finally:
-        shutdown(trainer.dist)  # leave the process group cleanly (NCCL warns otherwise)
+        shutdown()  # leave the process group cleanly (NCCL warns otherwise), also after an error
