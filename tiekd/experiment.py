@@ -165,6 +165,10 @@ class Pipeline:
                     return "<out>" + value[len(root):]
         return value
 
+    def _lock(self, name: str) -> Path:
+        # in .locks/, not in the stage folder: some stages replace their folder atomically
+        return self.out / ".locks" / (name.replace("/", "__") + ".lock")
+
     def _finished(self, folder: Path, digests: tuple[str, ...]):
         marker = folder / "stage.json"
         if not marker.is_file():
@@ -186,9 +190,7 @@ class Pipeline:
             return record["result"]
         if self.report_only:
             return None
-        # the lock lives outside the stage folder, which some stages replace atomically
-        lock = self.out / ".locks" / (str(folder.relative_to(self.out)).replace("/", "__") + ".lock")
-        with claim(lock, wait) as held:
+        with claim(self._lock(str(folder.relative_to(self.out))), wait) as held:
             if not held:
                 return BUSY
             record = self._finished(folder, digests)  # another worker may have finished it meanwhile
@@ -250,8 +252,7 @@ class Pipeline:
         """Translate each test set with `model_dir` into folder/<test>.hyp and score it."""
         from .data.prepare import load_prepared
         from .evaluate import score
-        from .io import read_lines
-        from .io import atomic_write_text
+        from .io import atomic_write_text, read_lines
         from .models import load_model
         from .tokenizer import load_tokenizer
         from .trainer import pick_device
@@ -329,7 +330,7 @@ class Pipeline:
         table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores}, "students": rows}
         from .report import add_significance, write_report
 
-        with claim(self.out / ".locks" / "report.lock", wait=True):  # one worker writes the report at a time
+        with claim(self._lock("report"), wait=True):  # one worker writes the report at a time
             add_significance(table, self.out, config)
             write_report(table, self.out, config)
         self.log(f"results: {self.out / 'results.md'}")

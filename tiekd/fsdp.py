@@ -50,9 +50,10 @@ def shard_model(model, device: torch.device, world_size: int) -> None:
     fully_shard(model, mesh=mesh)
 
 
-def full_model_state(model) -> dict[str, torch.Tensor]:
-    """The unsharded state dict on rank 0 (CPU tensors); empty on the other ranks."""
-    return get_model_state_dict(model, options=FULL_ON_RANK0)
+def full_model_state(model, every_rank: bool) -> dict[str, torch.Tensor]:
+    """The unsharded state dict: on every rank (on its device), or on rank 0 only (CPU tensors; empty
+    on the other ranks)."""
+    return get_model_state_dict(model, options=FULL_ON_EVERY_RANK if every_rank else FULL_ON_RANK0)
 
 
 def full_optimizer_state(model, optimizer) -> dict:

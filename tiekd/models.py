@@ -113,16 +113,22 @@ def zero_pad_row_grad(model) -> None:
         grad[pad_id] = 0
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a seq2seq model folder with a clear error when it is not one."""
-    from transformers import AutoModelForSeq2SeqLM
-
+def check_model_folder(path: str | Path) -> Path:
+    """`path` as a Path, or a clear error when it holds no model (no config.json)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise TiekdError(
             f"{path}: not a model folder (no config.json). Fix: pass a folder written by `tiekd train`, "
             "`tiekd distill` or `tiekd average`, or any Hugging Face seq2seq model folder"
         )
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a seq2seq model folder with a clear error when it is not one."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = check_model_folder(path)
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
     except Exception as exc:

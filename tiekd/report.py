@@ -79,7 +79,6 @@ def _over_seeds(rows: list[dict]) -> dict:
         tests = [(r["seed"], r["significance"][key]) for r in rows if key in r.get("significance", {})]
         if tests:
             summary[key] = {"diff": statistics.fmean(t["diff"] for _, t in tests),
-                            "p_value": tests[0][1]["p_value"] if len(tests) == 1 else None,
                             "per_seed": [{"seed": seed, "diff": t["diff"], "p_value": t["p_value"]}
                                          for seed, t in tests]}
     return summary
@@ -96,7 +95,7 @@ def _p(sig: dict, key: str) -> str:
         return "–"
     item = sig[key]
     if len(item["per_seed"]) == 1:
-        return f"{item['diff']:+.2f} (p={item['p_value']:.3f})"
+        return f"{item['diff']:+.2f} (p={item['per_seed'][0]['p_value']:.3f})"
     seeds = "; ".join(f"{t['diff']:+.2f} p={t['p_value']:.3f}" for t in item["per_seed"])
     return f"{item['diff']:+.2f} mean (seeds: {seeds})"
 

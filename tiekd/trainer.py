@@ -72,14 +72,13 @@ def _record_step(line: str) -> float:
 
 def _check_model_arguments(config: RunConfig) -> None:
     """Refuse a --model that is neither a preset nor a model folder, and a --teacher that is no model folder."""
-    from .models import PRESETS
+    from .models import PRESETS, check_model_folder
 
     if config.model not in PRESETS and not (Path(config.model) / "config.json").is_file():
         raise TiekdError(f"--model {config.model}: not a model preset and not a model folder (no config.json). "
                          f"Fix: use a preset ({', '.join(PRESETS)}) or a folder written by tiekd train/distill/average")
-    if config.uses_teacher and not (Path(config.teacher) / "config.json").is_file():
-        raise TiekdError(f"--teacher {config.teacher}: not a model folder (no config.json). Fix: pass a folder "
-                         "written by `tiekd train` or `tiekd average`, or any Hugging Face seq2seq model folder")
+    if config.uses_teacher:
+        check_model_folder(config.teacher)
 
 
 class Trainer:
@@ -230,11 +229,9 @@ class Trainer:
             return self.student
         import copy
 
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        from .fsdp import full_model_state
 
-        from .fsdp import FULL_ON_EVERY_RANK, FULL_ON_RANK0
-
-        weights = get_model_state_dict(self.student, options=FULL_ON_EVERY_RANK if every_rank else FULL_ON_RANK0)
+        weights = full_model_state(self.student, every_rank)
         if not weights:
             return None
         if self._replica is None:
@@ -284,18 +281,16 @@ class Trainer:
 
     def _resume_state(self, folder: Path) -> None:
         saved = checkpoint.load_trainer_state(folder)
-        layout = saved.get("optimizer_layout", "ids")
-        if layout == "empty":  # saved before the first optimizer step: nothing to restore
-            pass
-        elif layout == "names":  # written under FSDP
+        layout = saved.get("optimizer_layout", "ids")  # "empty": saved before the first step, nothing to restore
+        if layout == "names":  # written under FSDP
             from .fsdp import load_full_optimizer_state
 
             load_full_optimizer_state(self.student, self.optimizer, saved["optimizer"])
-        elif self.fsdp:
+        elif layout == "ids" and self.fsdp:
             raise TiekdError(f"{folder}: this checkpoint was written without --fsdp and its optimizer state "
                              "cannot be sharded. Fix: resume without --fsdp (checkpoints written with --fsdp "
                              "resume either way)")
-        else:
+        elif layout == "ids":
             self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         for key in self.state:
@@ -532,7 +527,10 @@ class Trainer:
                     break
             if last_saved != self.state["step"]:
                 # interrupted, or the run's last update was skipped as non-finite: keep what was trained
-                self.save() if interrupted else self._validate_and_save()
+                if interrupted:
+                    self.save()
+                else:
+                    self._validate_and_save()
         finally:
             bar.close()
             for sig, handler in previous_handlers.items():

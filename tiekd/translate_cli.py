@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 
-
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder (or a CTranslate2 export with --engine ctranslate2)")
     parser.add_argument("--input", "-i", default="-", help="source file, one sentence a line (default: stdin)")
