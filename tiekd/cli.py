@@ -33,7 +33,8 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) ->
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
-        if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes", "ranking",
+        if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes",
+                                          "iterative_start_update", "ranking",
                                           "selective_ratio", "seq_kd_targets", "seq_kd_beam"):
             continue
         flag = "--" + field.name.replace("_", "-")

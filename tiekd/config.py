@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import TiekdError
+from .schedule import SCHEDULES
 
 KD_METHODS = ("none", "word-kd", "seq-kd", "tie-kd", "selective-kd", "kd-top1-only", "kd-without-top1", "kd-topk")
 
@@ -25,12 +26,16 @@ class RunConfig:
     data: str = ""                 # prepared-data folder (`tiekd prepare`)
     out: str = ""                  # run folder: checkpoints, metrics.jsonl, config.yaml, final model
     model: str = "small"           # size preset (see `tiekd models`) or a model folder to start from
-    dropout: float | None = None   # overrides the preset's dropout when set
+    dropout: float | None = None   # overrides the model's dropout (embeddings, sublayer outputs) when set
+    attention_dropout: float | None = None   # overrides the model's dropout on attention weights when set
+    activation_dropout: float | None = None  # overrides the model's dropout after the FFN's ReLU when set
     max_tokens: int = 4096         # tokens per batch (max(source, target) length x sentences)
     update_freq: int = 1           # batches accumulated per update (per process)
     lr: float = 7e-4               # peak learning rate, reached at the end of warm-up
     warmup_updates: int = 4000     # linear warm-up, then lr * sqrt(warmup / step)
     warmup_init_lr: float = 1e-7   # learning rate at step 0
+    lr_schedule: str = "inverse-sqrt"  # after warm-up: inverse-sqrt, linear or cosine (decay to min_lr at the last update)
+    min_lr: float = 0.0            # learning rate at the last update of the linear and cosine schedules
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
@@ -61,6 +66,7 @@ class RunConfig:
     kd_alpha: float = 0.5          # total = (1 - a) * ls_ce + a * kd
     topk: int = 5                  # k of TIE-KD's ranking loss and of kd-topk
     iterative_passes: int = 3      # N of TIE-KD's iterative KD (1 disables it)
+    iterative_start_update: int = 0  # TIE-KD runs passes 2..N only from this update on (0: always, the paper's recipe)
     ranking: bool = True           # TIE-KD's ranking terms (False: iterative KD only ablation)
     selective_ratio: float = 0.5   # Selective-KD: share of hardest tokens that get KD
     seq_kd_targets: bool = False   # train on the teacher's beam translations (sequence-level KD)
@@ -79,6 +85,17 @@ class RunConfig:
             problems.append(f"kd_alpha {self.kd_alpha} must lie in [0, 1]")
         if self.topk < 1 or self.iterative_passes < 1:
             problems.append("topk and iterative_passes must be at least 1")
+        if self.lr_schedule not in SCHEDULES:
+            problems.append(f"lr_schedule {self.lr_schedule!r} must be one of {', '.join(SCHEDULES)}")
+        elif self.lr_schedule != "inverse-sqrt" and not self.max_updates and not self.max_epochs:
+            problems.append(f"lr_schedule {self.lr_schedule} decays to min_lr at the last update, so it needs "
+                            "max_updates or max_epochs")
+        if self.lr <= 0 or not 0 <= self.min_lr < self.lr or self.warmup_init_lr < 0 or self.warmup_updates < 0:
+            problems.append(f"learning rates must satisfy lr > 0, 0 <= min_lr < lr, warmup_init_lr >= 0 and "
+                            f"warmup_updates >= 0 (got lr {self.lr}, min_lr {self.min_lr}, warmup_init_lr "
+                            f"{self.warmup_init_lr}, warmup_updates {self.warmup_updates})")
+        if self.iterative_start_update < 0:
+            problems.append("iterative_start_update must be 0 or more")
         if self.precision not in ("auto", "fp32", "bf16"):
             problems.append(f"precision {self.precision!r} must be auto, fp32 or bf16")
         if self.on_nonfinite not in ("error", "skip"):

@@ -140,8 +140,11 @@ class Pipeline:
         current = json.loads(json.dumps(config.to_dict()))
         previous = yaml.safe_load(saved.read_text()) if saved.is_file() else None
         if previous is not None:
+            free = ROW_KEYS
+            if not any((self.out / "students").glob("*/stage.json")):
+                free += ("student",)  # no student finished yet: their shared settings may still change
             changed = sorted(k for k in set(previous) | set(current)
-                             if k not in ROW_KEYS and previous.get(k) != current.get(k))
+                             if k not in free and previous.get(k) != current.get(k))
             if changed:
                 raise TiekdError(f"{self.out}: holds an experiment with different settings ({saved}: "
                                  f"{', '.join(changed)}). Fix: use a new --out, or delete the folder to start "

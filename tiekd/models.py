@@ -7,7 +7,7 @@ Presets follow Vaswani et al. (2017): post-norm, sinusoidal positions, shared (t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,9 @@ class ModelPreset:
     layers: int
     heads: int
     ffn_dim: int
-    dropout: float = 0.1
+    dropout: float = 0.1             # on embeddings, sublayer outputs and residuals
+    attention_dropout: float = 0.0   # on attention weights
+    activation_dropout: float = 0.0  # inside the feed-forward block, after the ReLU
 
 
 # "big"/"base" are the paper's teacher/student shapes (WMT); the rest suit Multi30k and CPUs.
@@ -37,14 +39,23 @@ PRESETS: dict[str, ModelPreset] = {
 }
 
 
-def build_model(preset: str | ModelPreset, tokenizer, max_positions: int = 512):
-    """A freshly initialised Marian model of `preset` for `tokenizer`'s vocabulary."""
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "activation_dropout")
+
+
+def build_model(preset: str | ModelPreset, tokenizer, max_positions: int = 512, **dropouts: float | None):
+    """A freshly initialised Marian model of `preset` for `tokenizer`'s vocabulary.
+
+    `dropouts` (dropout, attention_dropout, activation_dropout) override the preset's where not None.
+    They must reach the model's config before its layers are built: Hugging Face layers copy the rates
+    into plain float attributes at construction and apply them with `nn.functional.dropout`, so
+    changing `config.dropout` afterwards does nothing."""
     from transformers import MarianConfig, MarianMTModel
 
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise TiekdError(f"unknown model preset {preset!r}. Fix: use one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    preset = replace(preset, **_checked_dropouts(dropouts))
     vocab = tokenizer.get_vocab()
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     config = MarianConfig(
@@ -52,7 +63,8 @@ def build_model(preset: str | ModelPreset, tokenizer, max_positions: int = 512):
         encoder_layers=preset.layers, decoder_layers=preset.layers,
         encoder_attention_heads=preset.heads, decoder_attention_heads=preset.heads,
         encoder_ffn_dim=preset.ffn_dim, decoder_ffn_dim=preset.ffn_dim,
-        dropout=preset.dropout, attention_dropout=0.0, activation_dropout=0.0,
+        dropout=preset.dropout, attention_dropout=preset.attention_dropout,
+        activation_dropout=preset.activation_dropout,
         activation_function="relu", max_position_embeddings=max_positions,
         pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id, forced_eos_token_id=eos_id,
         share_encoder_decoder_embeddings=True, tie_word_embeddings=True, scale_embedding=True,
@@ -124,13 +136,28 @@ def check_model_folder(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a seq2seq model folder with a clear error when it is not one."""
+def _checked_dropouts(dropouts: dict) -> dict:
+    unknown = set(dropouts) - set(DROPOUT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown dropout option(s) {sorted(unknown)}")
+    chosen = {name: float(value) for name, value in dropouts.items() if value is not None}
+    bad = [f"{name} {value}" for name, value in chosen.items() if not 0.0 <= value < 1.0]
+    if bad:
+        raise TiekdError(f"{', '.join(bad)}: a dropout rate must lie in [0, 1). Fix: pass e.g. 0.1")
+    return chosen
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", **dropouts: float | None):
+    """Load a seq2seq model folder with a clear error when it is not one.
+
+    `dropouts` (as in `build_model`) replace the folder's rates where not None; they go through
+    `from_pretrained`'s config overrides so that the layers are built with them."""
     from transformers import AutoModelForSeq2SeqLM
 
     path = check_model_folder(path)
+    overrides = _checked_dropouts(dropouts)
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(path), **overrides)
     except Exception as exc:
         raise TiekdError(f"{path}: could not load the model ({type(exc).__name__}: {exc}). "
                          "Fix: check that the folder is complete (config.json and model weights)") from exc

@@ -6,7 +6,8 @@ count of the update) and a dict of detached per-part sums for logging.
 - word-level KD and the analysis variants: (1 - a) * ls_ce + a * KD on the gold prefix.
 - `selective-kd` (Wang et al. 2021): KD only on the batch's hardest `selective_ratio` tokens.
 - `tie-kd` (Zhang et al. 2023, tie-kd.md §3-4): (1 - a) * ls_ce + a * mean over N passes of the
-  TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right.
+  TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right;
+  with `iterative_start_update` U > 0, updates before U run pass 1 only (our option, not the paper's).
 The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once.
 """
 
@@ -56,6 +57,9 @@ class DistillationObjective(nn.Module):
             teacher.eval().requires_grad_(False)
         method = config.method
         self.passes = config.iterative_passes if method == "tie-kd" else 1
+        # updates finished so far, set by the trainer before each update: TIE-KD's passes 2..N start
+        # at `config.iterative_start_update` (0, the paper's recipe: from the first update)
+        self.updates_done = 0
         if method == "tie-kd":
             self.kd_loss = partial(losses.tie_kd_loss, topk=config.topk, use_ranking=config.ranking)
         elif method == "kd-topk":
@@ -90,7 +94,8 @@ class DistillationObjective(nn.Module):
         with torch.inference_mode():
             teacher_encoded = self.teacher.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
         kd_total = student_logits.new_zeros((), dtype=torch.float32)
-        for pass_index in range(self.passes):
+        passes = self.passes if self.updates_done >= config.iterative_start_update else 1
+        for pass_index in range(passes):
             if pass_index > 0:
                 # pass n > 1: the student's own previous predictions become the prefix (tie-kd.md §4)
                 decoder_input = shift_right(student_logits.detach().argmax(-1), self.start_id)
@@ -102,7 +107,7 @@ class DistillationObjective(nn.Module):
                 mask = losses.selective_token_mask(student_logits, labels, self.pad_id, ratio=config.selective_ratio)
             kd_kwargs = {"mask": mask} if mask is not None else {}
             kd_total = kd_total + self.kd_loss(student_logits, teacher_logits, labels, self.pad_id, **kd_kwargs)
-        kd = kd_total / self.passes
+        kd = kd_total / passes
         alpha = config.kd_alpha
         total = (1 - alpha) * ce + alpha * kd
         return total, {"ce": ce.detach(), "kd": kd.detach()}

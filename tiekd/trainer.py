@@ -28,7 +28,7 @@ from .config import RunConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, shutdown
 from .errors import TiekdError
 from .io import atomic_write_json, atomic_write_text, read_lines
-from .models import build_model, load_model, parameter_count, zero_pad_row_grad
+from .models import DROPOUT_FIELDS, build_model, load_model, parameter_count, zero_pad_row_grad
 from .objectives import DistillationObjective, shift_right
 from .runfolder import prepare_run_folder
 from .schedule import make_scheduler
@@ -141,7 +141,12 @@ class Trainer:
 
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, betas=config.adam_betas,
                                           eps=config.adam_eps, weight_decay=config.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, config.lr, config.warmup_updates, config.warmup_init_lr)
+        total_updates = config.max_updates or self._updates_per_epoch() * config.max_epochs
+        if config.lr_schedule != "inverse-sqrt" and total_updates <= config.warmup_updates:
+            raise TiekdError(f"--lr-schedule {config.lr_schedule}: the run has {total_updates} updates, no more than "
+                             f"its {config.warmup_updates} warm-up updates. Fix: lower --warmup-updates or train longer")
+        self.scheduler = make_scheduler(self.optimizer, config.lr, config.warmup_updates, config.warmup_init_lr,
+                                        config.lr_schedule, total_updates, config.min_lr)
         self.state = {"step": 0, "epoch": 0, "update_in_epoch": 0, "best_score": None, "best_step": None,
                       "skipped_nonfinite": 0, "target_tokens_seen": 0}
         self.stop_signal: int | None = None
@@ -161,16 +166,12 @@ class Trainer:
 
     def _build_student(self):
         config = self.config
+        dropouts = {name: getattr(config, name) for name in DROPOUT_FIELDS}
         if Path(config.model).is_dir():
-            student = load_model(config.model)
+            student = load_model(config.model, **dropouts)
             self._check_vocab(config.model, "student")
         else:
-            student = build_model(config.model, self.tokenizer)
-        if config.dropout is not None:
-            student.config.dropout = config.dropout
-            for module in student.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = config.dropout
+            student = build_model(config.model, self.tokenizer, **dropouts)
         return student.to(self.device).train()
 
     def _check_vocab(self, model_dir: str, role: str) -> None:
@@ -353,6 +354,7 @@ class Trainer:
         global_tokens = sum(self.batch_tokens[b] for b, _ in plan)
         mine = [b for b, own in plan if own]
         scale = self.dist.world_size / global_tokens
+        self.objective.updates_done = self.state["step"]
         loss_sum = torch.zeros((), device=self.device)
         parts: dict[str, torch.Tensor] = {}
         for micro, batch_id in enumerate(mine):
