@@ -60,21 +60,45 @@ def test_perfect_hypotheses_score_100(refs):
     assert result["tokenized_bleu"] == pytest.approx(100)
 
 
-def test_tokenized_bleu_is_unsmoothed_bleu_over_13a_tokens(good, bad, refs):
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+def test_tokenized_bleu_is_unsmoothed_bleu_over_moses_tokens(good, bad, refs):
+    from sacremoses import MosesTokenizer
 
-    tokenize = Tokenizer13a()
+    moses = MosesTokenizer(lang="en")
+    tokenize = lambda text: moses.tokenize(text, return_str=True, escape=False)
     result = score(good, refs, tokenized_bleu=True)
     expected = sacrebleu.corpus_bleu([tokenize(h) for h in good], [[tokenize(r) for r in refs]],
                                      tokenize="none", smooth_method="none")
     assert result["tokenized_bleu"] == expected.score
-    assert "tok:none" in result["tokenized_bleu_signature"] and "pretok:13a" in result["tokenized_bleu_signature"]
-    # 13a is idempotent, so on corpus level it only differs from sacreBLEU's default by smoothing
-    assert result["tokenized_bleu"] == pytest.approx(result["bleu"])
-    # ... which shows when no 4-gram matches: multi-bleu gives 0, sacreBLEU's exp smoothing does not
+    assert "tok:none" in result["tokenized_bleu_signature"] and "pretok:moses-en" in result["tokenized_bleu_signature"]
+    # Moses splits clitics ("man 's") that 13a keeps whole, so the two conventions really differ
+    assert result["tokenized_bleu"] != pytest.approx(result["bleu"], abs=1e-6)
+    assert tokenize("A man's hat.") == "A man 's hat ."
+    # multi-bleu gives 0 when no 4-gram matches; sacreBLEU's exp smoothing does not
     three_words = [" ".join(h.split()[:3]) for h in bad]
     short = score(three_words, refs, tokenized_bleu=True)
     assert short["tokenized_bleu"] == 0.0 < short["bleu"]
+
+
+def test_paired_significance_is_sacrebleus_own_test(good, bad, refs, monkeypatch):
+    """Our p-values are exactly those of `sacrebleu --paired-bs` and `--paired-ar`."""
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    from tiekd.evaluate import paired_significance
+
+    monkeypatch.delenv("SACREBLEU_SEED", raising=False)
+    result = paired_significance(bad, good, refs, resamples=300, trials=500)
+    for kind, samples in (("bs", 300), ("ar", 500)):
+        _, theirs = PairedTest([("a", bad), ("b", good)], {"BLEU": BLEU(), "chrF2": CHRF()}, [refs],
+                               test_type=kind, n_samples=samples)()
+        assert result["bleu"][f"p_{kind}"] == theirs["BLEU"][1].p_value
+        assert result["chrf"][f"p_{kind}"] == theirs["chrF2"][1].p_value
+        assert f"{kind}:{samples}" in result["signatures"][kind]["bleu"]
+    # a clearly better system is significant; a system against itself is not
+    assert result["bleu"]["p_bs"] < 0.01 and result["bleu"]["p_ar"] < 0.01
+    same = paired_significance(good, good, refs, resamples=200, trials=200)
+    # sacreBLEU alone would give identical systems its floor 1 / (samples + 1)
+    assert same["bleu"]["p_ar"] == 1.0 and same["bleu"]["p_bs"] == 1.0 and same["chrf"]["p_ar"] == 1.0
 
 
 @pytest.mark.parametrize("metric", ["bleu", "chrf"])
@@ -185,11 +209,13 @@ def test_cli_scores_bootstraps_and_writes_json(tmp_path, good, bad, refs, capsys
                       str(tmp_path / "base.en"), "--tokenized-bleu", "--bootstrap", "200", "--json", str(out)))
     printed = capsys.readouterr().out
     assert "BLEU = " in printed and "chrF2 = " in printed and "tokenized BLEU = " in printed and "p = " in printed
+    assert "p (paired bootstrap) = " in printed and "p (approximate randomization) = " in printed
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["bleu"] == sacrebleu.corpus_bleu(good, [refs]).score
     assert saved["paired_bootstrap"]["bleu"]["resamples"] == 200
     tests = saved["paired_bootstrap"]
     assert tests["chrf"]["diff"]["score"] > 0 and tests["bleu"]["p_value"] < 0.05
+    assert saved["sacrebleu_paired_tests"]["bleu"]["p_bs"] < 0.05 and saved["sacrebleu_paired_tests"]["bleu"]["p_ar"] < 0.05
 
     (tmp_path / "short.en").write_text("\n".join(good[:150]) + "\n", encoding="utf-8")
     with pytest.raises(TiekdError, match=r"short\.en has 150 lines but .*ref\.en has 200"):

@@ -6,13 +6,18 @@ import pytest
 import torch
 
 from tiekd.losses import (
+    jsd_loss,
     kd_without_correlation_loss,
     kd_without_top1_loss,
     label_smoothed_ce,
+    reverse_kl_loss,
     selective_token_mask,
+    skew_kl_loss,
+    skew_reverse_kl_loss,
     tie_kd_loss,
     token_count,
     topk_kd_loss,
+    tvd_loss,
     word_kd_loss,
 )
 
@@ -89,6 +94,37 @@ def naive_topk(z, teacher, target, k=5):
     return -(q_top * log_p.gather(-1, ids)).sum(-1)[target != PAD].sum()
 
 
+def _kl(a, b):
+    """sum_v a_v (log a_v - log b_v) per position, from probabilities (float64, full tensors)."""
+    return (a * (a.log() - b.log())).sum(-1)
+
+
+def naive_reverse_kl(z, teacher, target):
+    p, q = z.softmax(-1), teacher.softmax(-1)
+    return _kl(p, q)[target != PAD].sum()
+
+
+def naive_jsd(z, teacher, target, beta=0.5):
+    p, q = z.softmax(-1), teacher.softmax(-1)
+    m = beta * q + (1 - beta) * p
+    return (beta * _kl(q, m) + (1 - beta) * _kl(p, m))[target != PAD].sum()
+
+
+def naive_tvd(z, teacher, target):
+    p, q = z.softmax(-1), teacher.softmax(-1)
+    return (0.5 * (p - q).abs().sum(-1))[target != PAD].sum()
+
+
+def naive_skew_kl(z, teacher, target, alpha=0.1):
+    p, q = z.softmax(-1), teacher.softmax(-1)
+    return _kl(q, alpha * q + (1 - alpha) * p)[target != PAD].sum()
+
+
+def naive_skew_reverse_kl(z, teacher, target, alpha=0.1):
+    p, q = z.softmax(-1), teacher.softmax(-1)
+    return _kl(p, alpha * p + (1 - alpha) * q)[target != PAD].sum()
+
+
 def ours_ls_ce(z, teacher, target, **kw):
     return label_smoothed_ce(z, target, PAD, 0.1, **kw)
 
@@ -108,6 +144,15 @@ CASES = {
     ),
     "without_top1": (lambda z, t, y, **kw: kd_without_top1_loss(z, t, y, PAD, **kw), naive_without_top1),
     "topk": (lambda z, t, y, **kw: topk_kd_loss(z, t, y, PAD, **kw), naive_topk),
+    "reverse_kl": (lambda z, t, y, **kw: reverse_kl_loss(z, t, y, PAD, **kw), naive_reverse_kl),
+    "jsd": (lambda z, t, y, **kw: jsd_loss(z, t, y, PAD, **kw), naive_jsd),
+    "jsd_0.9": (lambda z, t, y, **kw: jsd_loss(z, t, y, PAD, beta=0.9, **kw),
+                lambda z, t, y: naive_jsd(z, t, y, beta=0.9)),
+    "tvd": (lambda z, t, y, **kw: tvd_loss(z, t, y, PAD, **kw), naive_tvd),
+    "skew_kl": (lambda z, t, y, **kw: skew_kl_loss(z, t, y, PAD, **kw), naive_skew_kl),
+    "skew_reverse_kl": (lambda z, t, y, **kw: skew_reverse_kl_loss(z, t, y, PAD, **kw), naive_skew_reverse_kl),
+    "skew_reverse_kl_0.3": (lambda z, t, y, **kw: skew_reverse_kl_loss(z, t, y, PAD, alpha=0.3, **kw),
+                            lambda z, t, y: naive_skew_reverse_kl(z, t, y, alpha=0.3)),
 }
 
 
@@ -336,3 +381,42 @@ def test_float32_matches_float64_reference(name):
     ref_value, ref_grad = value_and_grad(naive, student, teacher, target)
     torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=0)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=0, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_divergence_limits_and_arguments():
+    """The family's special cases: skew KL at alpha 0 is word-KD, skew reverse KL at 0 the reverse KL;
+    every divergence is 0 when student and teacher agree; out-of-range parameters are refused."""
+    student, teacher, target = make_batch(seed=5)
+    torch.testing.assert_close(skew_kl_loss(student, teacher, target, PAD, alpha=0.0),
+                               word_kd_loss(student, teacher, target, PAD))
+    torch.testing.assert_close(skew_reverse_kl_loss(student, teacher, target, PAD, alpha=0.0),
+                               reverse_kl_loss(student, teacher, target, PAD))
+    for loss in (reverse_kl_loss, jsd_loss, tvd_loss, skew_kl_loss, skew_reverse_kl_loss):
+        assert loss(student, student + 5.0, target, PAD).abs() < 1e-10  # same softmax
+        assert loss(student, teacher, target, PAD) > 0
+    # TVD lies in [0, 1] per position; JSD_0.5 below log 2
+    kept = (target != PAD).sum()
+    assert tvd_loss(student, teacher, target, PAD) <= kept
+    assert jsd_loss(student, teacher, target, PAD) <= kept * torch.log(torch.tensor(2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="beta"):
+        jsd_loss(student, teacher, target, PAD, beta=1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        skew_kl_loss(student, teacher, target, PAD, alpha=1.0)
+
+
+def test_divergences_survive_a_teacher_with_zero_probabilities():
+    """A -inf teacher logit (q_v = 0) gives finite values and gradients for the bounded divergences and
+    the skewed ones (their mixture keeps m_v > 0); the plain reverse KL is then truly infinite."""
+    student, teacher, target = make_batch(seed=6)
+    teacher[..., :3] = float("-inf")
+    for name in ("jsd", "tvd", "skew_kl", "skew_reverse_kl"):
+        ours, naive = CASES[name]
+        value, grad = value_and_grad(ours, student, teacher, target)
+        assert torch.isfinite(value) and torch.isfinite(grad).all(), name
+        # the limit of a teacher logit going to -inf: the same loss with a merely very low one
+        nearly = teacher.clone()
+        nearly[..., :3] = teacher[..., 3:].amax(-1, keepdim=True) - 60.0
+        ref_value, ref_grad = value_and_grad(naive, student, nearly, target)
+        torch.testing.assert_close(value, ref_value, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-9)
+    assert reverse_kl_loss(student, teacher, target, PAD) == float("inf")

@@ -34,7 +34,9 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) ->
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
         if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes",
-                                          "iterative_start_update", "ranking",
+                                          "iterative_start_update", "ranking", "kd_temperature", "jsd_beta",
+                                          "skew_alpha", "on_policy_lambda", "on_policy_divergence",
+                                          "on_policy_sampling",
                                           "selective_ratio", "seq_kd_targets", "seq_kd_beam"):
             continue
         flag = "--" + field.name.replace("_", "-")
@@ -81,8 +83,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = _run_config_from_args(args)
     if args.command == "distill" and config.method == "none" and not args.allow_no_kd:
-        raise TiekdError("tiekd distill needs --method (word-kd, seq-kd, tie-kd, selective-kd, kd-top1-only, "
-                         "kd-without-top1, kd-topk). Fix: pass --method, or use `tiekd train` for no KD")
+        from .config import KD_METHODS
+
+        raise TiekdError(f"tiekd distill needs --method ({', '.join(m for m in KD_METHODS if m != 'none')}). "
+                         "Fix: pass --method, or use `tiekd train` for no KD")
     summary = run_training(config, resume=args.resume, overwrite=args.overwrite)
     return 0 if summary else 1
 

@@ -16,7 +16,12 @@ import yaml
 from .errors import TiekdError
 from .schedule import SCHEDULES
 
-KD_METHODS = ("none", "word-kd", "seq-kd", "tie-kd", "selective-kd", "kd-top1-only", "kd-without-top1", "kd-topk")
+# word-level divergences between the student p and the teacher q at each position (tiekd.losses)
+DIVERGENCES = ("word-kd", "reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl")
+KD_METHODS = ("none", "word-kd", "seq-kd", "tie-kd", "selective-kd", "kd-top1-only", "kd-without-top1", "kd-topk",
+              "reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl", "on-policy")
+# methods whose KD term is a plain divergence over the full distributions: the temperature applies to them
+TEMPERATURE_METHODS = DIVERGENCES + ("selective-kd", "on-policy")
 
 
 @dataclass
@@ -69,6 +74,12 @@ class RunConfig:
     iterative_start_update: int = 0  # TIE-KD runs passes 2..N only from this update on (0: always, the paper's recipe)
     ranking: bool = True           # TIE-KD's ranking terms (False: iterative KD only ablation)
     selective_ratio: float = 0.5   # Selective-KD: share of hardest tokens that get KD
+    kd_temperature: float = 1.0    # T of word-level KD: T^2 * D(q_T, p_T) on logits / T (Hinton et al. 2015); 1 = the paper
+    jsd_beta: float = 0.5          # beta of the generalized JSD (method jsd, GKD's divergence)
+    skew_alpha: float = 0.1        # alpha of skew-kl / skew-reverse-kl (DistiLLM)
+    on_policy_lambda: float = 0.5  # on-policy: share of batches whose KD prefix is the student's own output
+    on_policy_divergence: str = "jsd"  # on-policy: divergence on those prefixes (word-kd, reverse-kl, jsd, tvd, skew-kl, skew-reverse-kl)
+    on_policy_sampling: str = "sample"  # on-policy: how the student makes its prefix: sample (GKD) or greedy
     seq_kd_targets: bool = False   # train on the teacher's beam translations (sequence-level KD)
     seq_kd_beam: int = 4           # beam size for the teacher's translations of the training set
 
@@ -94,6 +105,22 @@ class RunConfig:
             problems.append(f"learning rates must satisfy lr > 0, 0 <= min_lr < lr, warmup_init_lr >= 0 and "
                             f"warmup_updates >= 0 (got lr {self.lr}, min_lr {self.min_lr}, warmup_init_lr "
                             f"{self.warmup_init_lr}, warmup_updates {self.warmup_updates})")
+        if self.kd_temperature <= 0 or (self.kd_temperature != 1.0 and self.method not in TEMPERATURE_METHODS):
+            problems.append(f"kd_temperature {self.kd_temperature} must be positive, and other than 1 only for "
+                            f"{', '.join(TEMPERATURE_METHODS)}")
+        if not 0.0 < self.jsd_beta < 1.0:
+            problems.append(f"jsd_beta {self.jsd_beta} must lie in (0, 1)")
+        if not 0.0 <= self.skew_alpha < 1.0:
+            problems.append(f"skew_alpha {self.skew_alpha} must lie in [0, 1)")
+        if not 0.0 <= self.on_policy_lambda <= 1.0:
+            problems.append(f"on_policy_lambda {self.on_policy_lambda} must lie in [0, 1]")
+        if self.on_policy_divergence not in DIVERGENCES:
+            problems.append(f"on_policy_divergence {self.on_policy_divergence!r} must be one of {', '.join(DIVERGENCES)}")
+        if self.on_policy_sampling not in ("sample", "greedy"):
+            problems.append(f"on_policy_sampling {self.on_policy_sampling!r} must be sample or greedy")
+        if self.method == "on-policy" and (self.fsdp or self.compile):
+            problems.append("method on-policy decodes with the student inside each update, which --fsdp and "
+                            "--compile do not support; use DDP (the default under torchrun) without --compile")
         if self.iterative_start_update < 0:
             problems.append("iterative_start_update must be 0 or more")
         if self.precision not in ("auto", "fp32", "bf16"):

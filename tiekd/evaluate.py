@@ -2,18 +2,17 @@
 
 - Scores are sacreBLEU's (Post 2018, "A Call for Clarity in Reporting BLEU Scores") with default
   settings, reported with their signatures so that a number can be reproduced.
-- "Tokenized BLEU" imitates the multi-bleu.perl numbers of older papers (tie-kd.md §5): both sides are
-  split by sacreBLEU's 13a tokenizer (mteval-v13a rules, close to but not the same as Moses'
-  tokenizer.perl), then BLEU is taken over whitespace tokens with no smoothing, case-sensitive, as
-  multi-bleu.perl does. It only differs from the standard sacreBLEU BLEU by the smoothing (which matters
-  only when some n-gram order has no match in the whole corpus), so read it as "multi-bleu convention",
-  not as a number equal to one computed on Moses-tokenized (or compound-split) text.
-- Paired bootstrap resampling follows Koehn (2004), "Statistical Significance Tests for Machine
-  Translation Evaluation": draw the test set's sentences with replacement, score both systems on the
-  same draw, repeat. Per-sentence sufficient statistics (BLEU: lengths and n-gram matches/totals;
-  chrF: character n-gram hyp/ref/match counts) are extracted once with sacreBLEU; each resample is then
-  a weighted sum of them (a matrix product with numpy) and the corpus score a vectorised formula, so
-  1000 resamples cost about as much as scoring once.
+- "Tokenized BLEU" is the number older papers, TIE-KD's among them (tie-kd.md §5), report with
+  multi-bleu.perl: both sides are tokenized with the Moses tokenizer (sacremoses, the Python port of
+  tokenizer.perl, without its HTML escaping), then BLEU is taken over whitespace tokens, case-sensitive,
+  with no smoothing, as multi-bleu.perl does.
+- Significance: `paired_significance` runs sacreBLEU's own paired tests (`sacrebleu.significance`,
+  the ones behind `sacrebleu --paired-bs` and `--paired-ar`), so our p-values read like published ones:
+  paired bootstrap resampling (Koehn 2004; 1,000 resamples) and approximate randomization (Riezler &
+  Maxwell 2005; 10,000 trials). `paired_bootstrap` adds what sacreBLEU does not give: the 95% interval
+  of the difference b - a. It resamples the test set's sentences with replacement and scores both
+  systems on the same draw; per-sentence sufficient statistics are extracted once with sacreBLEU, each
+  resample is a weighted sum of them (a matrix product) and the corpus score a vectorised formula.
 """
 
 from __future__ import annotations
@@ -58,12 +57,12 @@ def _check_lists(named: dict[str, list[str]]) -> int:
 # corpus scores
 
 
-def score(hypotheses: list[str], references: list[str], tokenized_bleu: bool = False) -> dict:
+def score(hypotheses: list[str], references: list[str], tokenized_bleu: bool = False, lang: str = "en") -> dict:
     """sacreBLEU corpus BLEU and chrF (default settings, one reference per sentence).
 
     Returns `bleu`, `bleu_signature`, `bleu_details` (n-gram precisions, brevity penalty, lengths),
     `chrf`, `chrf_signature`, `sentences`, and with `tokenized_bleu` also `tokenized_bleu` and
-    `tokenized_bleu_signature` (see the module docstring for what it is).
+    `tokenized_bleu_signature` (Moses-tokenized for language `lang`; see the module docstring).
     """
     from sacrebleu.metrics import BLEU, CHRF
 
@@ -84,18 +83,19 @@ def score(hypotheses: list[str], references: list[str], tokenized_bleu: bool = F
         "chrf_signature": str(chrf.get_signature()),
     }
     if tokenized_bleu:
-        result["tokenized_bleu"], result["tokenized_bleu_signature"] = _tokenized_bleu(hypotheses, references)
+        result["tokenized_bleu"], result["tokenized_bleu_signature"] = _tokenized_bleu(hypotheses, references, lang)
     return result
 
 
-def _tokenized_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+def _tokenized_bleu(hypotheses: list[str], references: list[str], lang: str = "en") -> tuple[float, str]:
     from sacrebleu.metrics import BLEU
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    from sacremoses import MosesTokenizer
 
-    tokenize = Tokenizer13a()
+    moses = MosesTokenizer(lang=lang)
+    tokenize = lambda text: moses.tokenize(text, return_str=True, escape=False)
     bleu = BLEU(tokenize="none", smooth_method="none", force=True)  # force: the input *is* tokenized
     value = bleu.corpus_score([tokenize(h) for h in hypotheses], [[tokenize(r) for r in references]]).score
-    return value, f"{bleu.get_signature()}|pretok:13a"
+    return value, f"{bleu.get_signature()}|pretok:moses-{lang}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,6 +245,41 @@ def paired_bootstrap(hyps_a: list[str], hyps_b: list[str], refs: list[str], metr
     }
 
 
+def paired_significance(baseline: list[str], system: list[str], refs: list[str], resamples: int = 1000,
+                        trials: int = 10000) -> dict:
+    """sacreBLEU's paired tests of `system` against `baseline`, for BLEU and chrF.
+
+    Returns {"bleu": {"p_bs", "p_ar"}, "chrf": {...}, "signatures": {"bs": {...}, "ar": {...}}}:
+    p_bs from paired bootstrap resampling (`resamples`), p_ar from approximate randomization (`trials`),
+    both as `sacrebleu --paired-bs` / `--paired-ar` compute them (seed $SACREBLEU_SEED, default 12345),
+    except that identical outputs get p = 1 (see below).
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    _check_lists({"baseline": baseline, "system": system, "refs": refs})
+    result: dict = {"bleu": {}, "chrf": {}, "signatures": {}}
+    for kind, samples in (("bs", resamples), ("ar", trials)):
+        if samples < 1:
+            raise TiekdError(f"{samples} {'resamples' if kind == 'bs' else 'trials'} must be at least 1. Fix: use "
+                             "e.g. 1000 resamples and 10000 trials")
+        if list(baseline) == list(system):
+            # sacreBLEU counts sampled differences strictly above the observed one, so identical outputs
+            # would get its floor 1 / (samples + 1), "significant"; identical systems cannot differ: p = 1
+            for metric in ("bleu", "chrf"):
+                result[metric][f"p_{kind}"] = 1.0
+            result["signatures"][kind] = {"bleu": "identical outputs", "chrf": "identical outputs"}
+            continue
+        test = PairedTest([("baseline", baseline), ("system", system)], {"bleu": BLEU(), "chrf": CHRF()}, [refs],
+                          test_type=kind, n_samples=samples)
+        signatures, scores = test()
+        # sacreBLEU renames the metrics (BLEU, chrF2); each first entry is the baseline's, without a p-value
+        for metric, name in zip(("bleu", "chrf"), [k for k in scores if k != "System"]):
+            result[metric][f"p_{kind}"] = float(scores[name][1].p_value)
+        result["signatures"][kind] = {metric: str(sig) for metric, sig in zip(("bleu", "chrf"), signatures.values())}
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------
 # command line: tiekd evaluate
 
@@ -255,7 +290,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-hyp", help="a baseline's translations: adds a paired bootstrap test "
                                                "of --hyp against it")
     parser.add_argument("--tokenized-bleu", action="store_true",
-                        help="also report multi-bleu-style BLEU over 13a-tokenized text (no smoothing)")
+                        help="also report multi-bleu.perl-style BLEU over Moses-tokenized text (no smoothing)")
+    parser.add_argument("--lang", default="en", help="target language, for the Moses tokenizer of --tokenized-bleu")
     parser.add_argument("--bootstrap", type=int, metavar="N", default=None,
                         help="bootstrap resamples (default 1000 with --baseline-hyp; alone: 95%% intervals)")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the bootstrap draws")
@@ -272,7 +308,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.bootstrap is not None and args.bootstrap < 1:
         raise TiekdError(f"--bootstrap {args.bootstrap} must be at least 1. Fix: use e.g. 1000")
 
-    result = {"hyp": str(args.hyp), "ref": str(args.ref), **score(hyps, refs, args.tokenized_bleu)}
+    result = {"hyp": str(args.hyp), "ref": str(args.ref), **score(hyps, refs, args.tokenized_bleu, args.lang)}
     print(f"BLEU = {result['bleu']:.2f}  {result['bleu_signature']}")
     print(f"chrF2 = {result['chrf']:.2f}  {result['chrf_signature']}")
     if args.tokenized_bleu:
@@ -291,6 +327,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
             print(f"  {metric:5s} baseline {a['score']:6.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]  "
                   f"hyp {b['score']:6.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}]  "
                   f"diff {d['score']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]  p = {test['p_value']:.4f}")
+        sacre = paired_significance(baseline, hyps, refs, resamples)
+        result["sacrebleu_paired_tests"] = sacre
+        print(f"sacreBLEU's paired tests ({resamples} bootstrap resamples, 10000 randomization trials):")
+        for metric in METRICS:
+            print(f"  {metric:5s} p (paired bootstrap) = {sacre[metric]['p_bs']:.4f}  "
+                  f"p (approximate randomization) = {sacre[metric]['p_ar']:.4f}")
     elif args.bootstrap:
         result["bootstrap"] = {}
         print(f"bootstrap ({args.bootstrap} resamples, seed {args.seed}):")

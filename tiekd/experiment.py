@@ -275,7 +275,7 @@ class Pipeline:
                                                      max_length=self.config.max_decode_length), device)
             seconds = time.perf_counter() - started
             atomic_write_text(folder / f"{name}.hyp", "".join(h + "\n" for h in hyps))
-            result = score(hyps, read_lines(ref)[:n], tokenized_bleu=True)
+            result = score(hyps, read_lines(ref)[:n], tokenized_bleu=True, lang=self.config.tgt_lang)
             scores[name] = {"bleu": result["bleu"], "chrf": result["chrf"], "tokenized_bleu": result["tokenized_bleu"],
                             "bleu_signature": result["bleu_signature"], "chrf_signature": result["chrf_signature"],
                             "decode_seconds": round(seconds, 1)}

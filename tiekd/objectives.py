@@ -5,6 +5,12 @@ count of the update) and a dict of detached per-part sums for logging.
 - `none`: label-smoothed CE (tie-kd.md §3).
 - word-level KD and the analysis variants: (1 - a) * ls_ce + a * KD on the gold prefix.
 - `selective-kd` (Wang et al. 2021): KD only on the batch's hardest `selective_ratio` tokens.
+- `reverse-kl`, `jsd`, `tvd`, `skew-kl`, `skew-reverse-kl`: word-level KD with that divergence
+  (tiekd.losses.divergences) instead of KL(q || p); `kd_temperature` softens any plain divergence.
+- `on-policy` (generalized KD, Agarwal et al. ICLR 2024, with the gold CE kept as in TIE-KD): with
+  probability `on_policy_lambda` a batch's KD term is computed on the student's own decoded output
+  (sampled or greedy) instead of the gold prefix; the divergence is `on_policy_divergence`. lambda 0 is
+  word-level KD with that divergence; TIE-KD's iterative passes are its teacher-forced argmax cousin.
 - `tie-kd` (Zhang et al. 2023, tie-kd.md §3-4): (1 - a) * ls_ce + a * mean over N passes of the
   TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right;
   with `iterative_start_update` U > 0, updates before U run pass 1 only (our option, not the paper's).
@@ -28,6 +34,36 @@ KD_LOSSES = {
     "kd-top1-only": losses.kd_without_correlation_loss,
     "kd-without-top1": losses.kd_without_top1_loss,
 }
+
+
+def divergence_loss(name: str, config: RunConfig):
+    """The word-level divergence `name` (config.DIVERGENCES) with the run's parameters."""
+    if name == "word-kd":
+        return losses.word_kd_loss
+    if name == "reverse-kl":
+        return losses.reverse_kl_loss
+    if name == "jsd":
+        return partial(losses.jsd_loss, beta=config.jsd_beta)
+    if name == "tvd":
+        return losses.tvd_loss
+    if name == "skew-kl":
+        return partial(losses.skew_kl_loss, alpha=config.skew_alpha)
+    if name == "skew-reverse-kl":
+        return partial(losses.skew_reverse_kl_loss, alpha=config.skew_alpha)
+    raise ValueError(f"unknown divergence {name!r}")
+
+
+def with_temperature(loss_fn, temperature: float):
+    """T^2 * loss(student / T, teacher / T): Hinton et al. (2015)'s softened KD, whose T^2 keeps the
+    gradient's scale comparable across temperatures. T = 1 returns `loss_fn` itself."""
+    if temperature == 1.0:
+        return loss_fn
+
+    def softened(student_logits, teacher_logits, target, pad_id, **kwargs):
+        return temperature ** 2 * loss_fn(student_logits / temperature, teacher_logits / temperature, target,
+                                          pad_id, **kwargs)
+
+    return softened
 
 
 class _Frozen:
@@ -64,8 +100,14 @@ class DistillationObjective(nn.Module):
             self.kd_loss = partial(losses.tie_kd_loss, topk=config.topk, use_ranking=config.ranking)
         elif method == "kd-topk":
             self.kd_loss = partial(losses.topk_kd_loss, topk=config.topk)
+        elif method == "on-policy":
+            self.kd_loss = divergence_loss(config.on_policy_divergence, config)
+        elif method in ("reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl"):
+            self.kd_loss = divergence_loss(method, config)
         else:
             self.kd_loss = KD_LOSSES.get(method)  # None for none / seq-kd (plain CE on their targets)
+        if self.kd_loss is not None:
+            self.kd_loss = with_temperature(self.kd_loss, config.kd_temperature)
 
     @property
     def teacher(self):
@@ -93,6 +135,10 @@ class DistillationObjective(nn.Module):
 
         with torch.inference_mode():
             teacher_encoded = self.teacher.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        if config.method == "on-policy" and bool(torch.rand(()) < config.on_policy_lambda):
+            kd = self._on_policy_kd(input_ids, attention_mask, labels, student_encoded, teacher_encoded)
+            alpha = config.kd_alpha
+            return (1 - alpha) * ce + alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}
         kd_total = student_logits.new_zeros((), dtype=torch.float32)
         passes = self.passes if self.updates_done >= config.iterative_start_update else 1
         for pass_index in range(passes):
@@ -111,3 +157,35 @@ class DistillationObjective(nn.Module):
         alpha = config.kd_alpha
         total = (1 - alpha) * ce + alpha * kd
         return total, {"ce": ce.detach(), "kd": kd.detach()}
+
+    def _on_policy_kd(self, input_ids, attention_mask, labels, student_encoded, teacher_encoded):
+        """KD on the student's own output (generalized KD, Agarwal et al. ICLR 2024): the student decodes
+        the batch (sampled or greedy, no gold, no gradient), then the student and the teacher run
+        teacher-forced on that output and the divergence is summed over its tokens.
+
+        The sum is rescaled by (gold tokens / generated tokens), so that the trainer's division by the
+        gold token count gives the mean over the generated tokens, the same weight per token as off-policy.
+        """
+        config = self.config
+        was_training = self.student.training
+        self.student.eval()  # the student's own translation: no dropout while it is decoded
+        with torch.no_grad():
+            generated = self.student.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=student_encoded.last_hidden_state.detach()),
+                attention_mask=attention_mask, do_sample=config.on_policy_sampling == "sample",
+                num_beams=1, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=labels.shape[1] + 10)
+        self.student.train(was_training)
+        own = generated[:, 1:]  # drop the start symbol: [start] + own is the prefix that predicts own
+        finished = own.new_zeros(own.shape[0], dtype=torch.bool)
+        own = own.clone()
+        eos = self.student.config.eos_token_id
+        for column in range(own.shape[1]):  # tokens after the first </s> are padding
+            own[finished, column] = self.pad_id
+            finished |= own[:, column] == eos
+        decoder_input = shift_right(own, self.start_id)
+        student_logits = self._decode(self.student, student_encoded, attention_mask, decoder_input)
+        with torch.inference_mode():
+            teacher_logits = self._decode(self.teacher, teacher_encoded, attention_mask, decoder_input)
+        kd = self.kd_loss(student_logits, teacher_logits, own, self.pad_id)
+        own_tokens = (own != self.pad_id).sum().clamp(min=1)
+        return kd * ((labels != self.pad_id).sum() / own_tokens)

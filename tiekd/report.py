@@ -1,10 +1,11 @@
 """Results of `tiekd experiment`: significance tests, a Markdown and a CSV table, and plots.
 
 Rows are (method, student size); over seeds we report the mean and the sample standard deviation.
-Significance is a paired bootstrap (Koehn 2004, `tiekd.evaluate.paired_bootstrap`) of each row's
-translations of the main test set against No-KD's and Word-KD's of the same size and seed; with
-several seeds the table gives the mean difference and every seed's difference and p-value, because
-early in training one seed can reverse the mean (docs/RESULTS.md).
+Significance compares each row's translations of the main test set with No-KD's and Word-KD's of the
+same size and seed, with sacreBLEU's own paired tests (`tiekd.evaluate.paired_significance`:
+approximate randomization p, sacreBLEU's default, in the table; paired bootstrap p beside it in
+results.csv) and our bootstrap interval of the difference; with several seeds the table gives the mean difference and every seed's
+difference and p-value, because one seed can reverse a mean (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 def add_significance(table: dict, out: Path, config) -> None:
     """Attach `significance` to each student row (vs No-KD and vs Word-KD on the main test set)."""
-    from .evaluate import paired_bootstrap, read_lines
+    from .evaluate import paired_bootstrap, paired_significance, read_lines
     from .data.prepare import load_prepared
 
     main_test = config.test_sets[0]
@@ -40,10 +41,11 @@ def add_significance(table: dict, out: Path, config) -> None:
             base = baseline(method, row)
             if base is None or base is row:
                 continue
-            result = paired_bootstrap(read_lines(Path(base["folder"]) / f"{main_test}.hyp"), hyps, refs,
-                                      resamples=config.bootstrap_resamples)
-            row["significance"][label] = {"diff": result["diff"]["score"], "ci": result["diff"]["ci"],
-                                          "p_value": result["p_value"]}
+            base_hyps = read_lines(Path(base["folder"]) / f"{main_test}.hyp")
+            interval = paired_bootstrap(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
+            tests = paired_significance(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
+            row["significance"][label] = {"diff": interval["diff"]["score"], "ci": interval["diff"]["ci"],
+                                          "p_value": tests["bleu"]["p_ar"], "p_bs": tests["bleu"]["p_bs"]}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -53,7 +55,10 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def aggregate(table: dict, config) -> list[dict]:
-    """One line per (name, size): mean/std over seeds of the scores, analysis from all seeds."""
+    """One line per (name, size): mean/std over seeds of the scores, analysis from all seeds, and the
+    largest validation-BLEU gain of a seed over its last 25% of updates (`late_gain`; < 0.3: converged)."""
+    from .compute_view import late_gain
+
     main_test = config.test_sets[0]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in table["students"]:
@@ -65,9 +70,13 @@ def aggregate(table: dict, config) -> list[dict]:
             for metric in ("bleu", "chrf", "tokenized_bleu"):
                 line[f"{test}:{metric}"] = _mean_std([r["scores"][test][metric] for r in rows])
         line["top1_agreement"] = _mean_std([r["analysis"]["top1_agreement"] for r in rows])
+        line["per_seed"] = {"main": [r["scores"][main_test]["bleu"] for r in rows],
+                            "top1_agreement": [r["analysis"]["top1_agreement"] for r in rows]}
         line["teacher_gold_overlap"] = rows[0]["analysis"]["teacher_gold_overlap"]
         line["significance"] = _over_seeds(sorted(rows, key=lambda r: r["seed"]))
         line["main"] = line[f"{main_test}:bleu"]
+        gains = [late_gain(Path(r["folder"]) / "run") for r in rows]
+        line["late_gain"] = max(gains) if gains and all(g is not None for g in gains) else None
         lines.append(line)
     return lines
 
@@ -79,8 +88,8 @@ def _over_seeds(rows: list[dict]) -> dict:
         tests = [(r["seed"], r["significance"][key]) for r in rows if key in r.get("significance", {})]
         if tests:
             summary[key] = {"diff": statistics.fmean(t["diff"] for _, t in tests),
-                            "per_seed": [{"seed": seed, "diff": t["diff"], "p_value": t["p_value"]}
-                                         for seed, t in tests]}
+                            "per_seed": [{"seed": seed, "diff": t["diff"], "p_value": t["p_value"],
+                                          "p_bs": t.get("p_bs")} for seed, t in tests]}
     return summary
 
 
@@ -109,17 +118,21 @@ def write_report(table: dict, out: Path, config) -> None:
     header = ["Student", "size", "seeds"]
     for test in config.test_sets:
         header += [f"BLEU {test}", f"chrF {test}"]
-    header += [f"tok-BLEU {main_test}", "Δ vs No-KD (p)", "Δ vs Word-KD (p)", "top-1 agr. %"]
+    header += [f"tok-BLEU {main_test}", "Δ vs No-KD (p)", "Δ vs Word-KD (p)", "top-1 agr. %", "last-25% gain"]
     md = [f"# {config.name}: Multi30k {config.src_lang}→{config.tgt_lang}", "",
           f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
           f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {main_test} "
-          f"by paired bootstrap ({config.bootstrap_resamples} resamples, same seed), two-sided p; with several seeds, "
-          "the mean Δ and each seed's Δ and p.", "",
+          f"against the baseline of the same seed, with the p-value of sacreBLEU's paired approximate "
+          f"randomization test (10,000 trials; its paired bootstrap p, {config.bootstrap_resamples} resamples, in "
+          "results.csv); with several seeds, "
+          "the mean Δ and each seed's Δ and p. tok-BLEU: multi-bleu.perl convention (Moses-tokenized, "
+          "no smoothing). Last-25% gain: the most validation BLEU any seed gained over its last quarter of "
+          "updates (below 0.3: converged).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     teacher_cells = ["Teacher", "", ""]
     for test in config.test_sets:
         teacher_cells += [f"{teacher[test]['bleu']:.2f}", f"{teacher[test]['chrf']:.2f}"]
-    teacher_cells += [f"{teacher[main_test]['tokenized_bleu']:.2f}", "–", "–", "–"]
+    teacher_cells += [f"{teacher[main_test]['tokenized_bleu']:.2f}", "–", "–", "–", "–"]
     md.append("| " + " | ".join(teacher_cells) + " |")
     csv_rows = []
     for line in lines:
@@ -127,15 +140,20 @@ def write_report(table: dict, out: Path, config) -> None:
         for test in config.test_sets:
             cells += [_fmt(line[f"{test}:bleu"]), _fmt(line[f"{test}:chrf"])]
         cells += [_fmt(line[f"{main_test}:tokenized_bleu"]), _p(line["significance"], "vs_no_kd"),
-                  _p(line["significance"], "vs_word_kd"), _fmt(line["top1_agreement"], 100)]
+                  _p(line["significance"], "vs_word_kd"), _fmt(line["top1_agreement"], 100),
+                  "–" if line["late_gain"] is None else f"{line['late_gain']:+.2f}"]
         md.append("| " + " | ".join(cells) + " |")
         flat = {"name": line["name"], "method": line["method"], "size": line["size"], "seeds": line["seeds"]}
         for key, value in line.items():
-            if ":" in key or key == "top1_agreement":
+            if key == "late_gain":
+                flat[key] = value
+            elif ":" in key or key == "top1_agreement":
                 flat[f"{key}:mean"], flat[f"{key}:std"] = value
         for key, item in line["significance"].items():
             flat[f"{key}:diff"] = item["diff"]
             flat[f"{key}:p"] = ";".join(f"{t['p_value']:.4g}" for t in item["per_seed"])
+            flat[f"{key}:p_bs"] = ";".join(f"{t['p_bs']:.4g}" if t.get("p_bs") is not None else ""
+                                           for t in item["per_seed"])
             flat[f"{key}:diff_per_seed"] = ";".join(f"{t['diff']:.4f}" for t in item["per_seed"])
         csv_rows.append(flat)
     signature = teacher[main_test].get("bleu_signature", "")
@@ -143,6 +161,7 @@ def write_report(table: dict, out: Path, config) -> None:
            f"Teacher-gold top-1 overlap on validation (teacher-forced): "
            f"{100 * lines[0]['teacher_gold_overlap']:.1f}%." if lines else "", "",
            "![BLEU by method](bleu_by_method.png)", "", "![top-1 agreement by method](agreement_by_method.png)", ""]
+    md += _equal_compute_section(table["students"], out)
     atomic_write_text(out / "results.md", "\n".join(md))
     if csv_rows:
         fields = list(dict.fromkeys(k for row in csv_rows for k in row))
@@ -170,12 +189,16 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
         means = [l[key][0] * scale for l in lines]
         errors = [(l[key][1] or 0.0) * scale for l in lines]
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(lines)), 4))
-        ax.bar(range(len(lines)), means, yerr=errors, capsize=4, color="#4c72b0")
+        ax.bar(range(len(lines)), means, yerr=errors, capsize=4, color="#4c72b0", label="mean ± std over seeds")
+        # every seed as a dot, so a spread (or one failed seed) is visible, not only the mean
+        seeds_x = [i for i, l in enumerate(lines) for _ in l["per_seed"][key]]
+        seeds_y = [v * scale for l in lines for v in l["per_seed"][key]]
+        ax.scatter(seeds_x, seeds_y, color="black", s=12, zorder=3, label="one seed")
         if ref is not None:
             ax.axhline(ref, color="#c44e52", linestyle="--", label=f"teacher {ref:.2f}")
-            ax.legend()
-        low = min(means) - 2 * max(errors + [0.5])
-        ax.set_ylim(max(0, low - 1), max(means + ([ref] if ref else [])) + 1)
+        ax.legend(fontsize=8)
+        # the axis starts at 0: a cut axis makes small differences look large
+        ax.set_ylim(0, 1.08 * max(means + seeds_y + ([ref] if ref else [])))
         ax.set_xticks(range(len(lines)), labels, fontsize=8)
         ax.set_ylabel(ylabel)
         fig.tight_layout()
@@ -183,3 +206,19 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
         fig.savefig(image, format="png", dpi=120)
         atomic_write_bytes(out / filename, image.getvalue())
         plt.close(fig)
+
+
+def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
+    """Validation BLEU against core-hours (tiekd.compute_view), when the runs logged their compute."""
+    from .compute_view import default_budgets, equal_compute_rows, markdown_table, plot_curves
+
+    lines = equal_compute_rows(rows, [])
+    if not lines or not plot_curves(rows, out / "bleu_by_core_hours.png"):
+        return []
+    budgets = default_budgets(lines)
+    lines = equal_compute_rows(rows, budgets)
+    return ["## Equal compute", "",
+            "Validation BLEU (greedy, the validation split) each row reaches within a budget of training "
+            "CPU core-hours (validation excluded; mean over seeds, the last validation within the budget; "
+            "– : no validation that cheap).", "", *markdown_table(lines, budgets), "",
+            "![validation BLEU by core-hours](bleu_by_core_hours.png)", ""]

@@ -148,7 +148,10 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config.lr, config.warmup_updates, config.warmup_init_lr,
                                         config.lr_schedule, total_updates, config.min_lr)
         self.state = {"step": 0, "epoch": 0, "update_in_epoch": 0, "best_score": None, "best_step": None,
-                      "skipped_nonfinite": 0, "target_tokens_seen": 0}
+                      "skipped_nonfinite": 0, "target_tokens_seen": 0,
+                      # training compute so far, validation excluded, summed over resumes: wall seconds,
+                      # and CPU core-seconds of all processes (this one's CPU time x world size)
+                      "train_seconds": 0.0, "train_core_seconds": 0.0}
         self.stop_signal: int | None = None
         if self.resume_from is not None:
             self._resume_state(self.resume_from)
@@ -295,7 +298,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         for key in self.state:
-            self.state[key] = saved[key]
+            self.state[key] = saved.get(key, self.state[key])  # checkpoints older than a key start it at 0
         rng = saved["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
@@ -413,7 +416,8 @@ class Trainer:
             sums[2] += batch.num_target_tokens
         sums = all_reduce_sum(sums, self.dist)
         record = {"kind": "valid", "step": self.state["step"], "epochs_completed": self.state["epoch"],
-                  "loss": float(sums[0] / sums[2]), "nll": float(sums[1] / sums[2])}
+                  "loss": float(sums[0] / sums[2]), "nll": float(sums[1] / sums[2]),
+                  **{key: self.state[key] for key in ("target_tokens_seen", "train_seconds", "train_core_seconds")}}
         record["ppl"] = math.exp(min(record["nll"], 50))
         if config.valid_bleu:
             import sacrebleu
@@ -471,6 +475,7 @@ class Trainer:
             while not self._done():
                 order = batching.epoch_order(len(self.batches), config.seed, self.state["epoch"])
                 while self.state["update_in_epoch"] < per_epoch and not self._done():
+                    wall, cpu = time.perf_counter(), time.process_time()
                     result = self._update(order)
                     self.state["update_in_epoch"] += 1
                     if not result["finite"]:
@@ -490,6 +495,8 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    self.state["train_seconds"] += time.perf_counter() - wall
+                    self.state["train_core_seconds"] += (time.process_time() - cpu) * self.dist.world_size
                     self.state["step"] += 1
                     self.state["target_tokens_seen"] += result["global_tokens"]
                     totals = result["totals"].tolist()
