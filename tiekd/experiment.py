@@ -306,21 +306,25 @@ class Pipeline:
             raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
         data = self.out / "data"
 
+        jobs = [(spec, size, seed) for spec in config.students for size in spec.sizes or config.student_sizes
+                for seed in spec.seeds or config.seeds]
         teacher_dir = self.out / "teacher"
         if config.teacher_model:
             teacher_model = Path(config.teacher_model)
         else:
             self.log("training the teacher")
             settings = {"data": str(data), **config.teacher}
-            self._stage(teacher_dir, {"train": settings}, lambda: self._train(teacher_dir, settings))
+            train_teacher = lambda: self._train(teacher_dir, settings)
+            if self._stage(teacher_dir, {"train": settings}, train_teacher, wait=False) is BUSY:
+                self.log("another worker trains the teacher; meanwhile training the students that need none")
+                self._pretrain_teacher_free(jobs, data)
+                self._stage(teacher_dir, {"train": settings}, train_teacher)
             teacher_model = teacher_dir / "model"
         self.log("evaluating the teacher")
         teacher_scores = self._stage(teacher_dir / "eval", {"eval": [str(teacher_model), config.test_sets, config.beam,
                                                                      config.length_penalty]},
                                      lambda: self._evaluate(teacher_model, teacher_dir / "eval", data))
 
-        jobs = [(spec, size, seed) for spec in config.students for size in spec.sizes or config.student_sizes
-                for seed in spec.seeds or config.seeds]
         # first pass: every stage no other worker holds; second: wait for the ones that were held
         results = [self._student(*job, data, teacher_model, wait=False) for job in jobs]
         for i, job in enumerate(jobs):
@@ -343,14 +347,35 @@ class Pipeline:
     def slug(spec: StudentSpec, size: str, seed: int) -> str:
         return f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
 
+    def _student_settings(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path) -> dict:
+        settings = {"data": str(data), **self.config.student, **spec.options, "model": size, "seed": seed,
+                    "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
+        if spec.options.get("seq_kd_targets") and not settings["teacher"]:
+            settings["teacher"] = str(teacher)
+        return settings
+
+    def _pretrain_teacher_free(self, jobs: list, data: Path) -> None:
+        """Train (not yet evaluate) the rows that need no teacher, skipping any another worker holds.
+
+        Their stages run later as usual: the training resumes from its last checkpoint with nothing
+        left to do, then the model is evaluated and compared with the teacher."""
+        for spec, size, seed in jobs:
+            if spec.method != "none" or spec.options.get("seq_kd_targets"):
+                continue
+            slug = self.slug(spec, size, seed)
+            folder = self.out / "students" / slug
+            if (folder / "stage.json").is_file():
+                continue
+            with claim(self._lock(str(folder.relative_to(self.out))), wait=False) as held:
+                if held:
+                    self.log(f"student {slug}: training it while the teacher trains")
+                    self._train(folder, self._student_settings(spec, size, seed, data, self.out / "teacher" / "model"))
+
     def _student(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path, wait: bool = True):
         config = self.config
         slug = self.slug(spec, size, seed)
         folder = self.out / "students" / slug
-        settings = {"data": str(data), **config.student, **spec.options, "model": size, "seed": seed,
-                    "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
-        if spec.options.get("seq_kd_targets") and not settings["teacher"]:
-            settings["teacher"] = str(teacher)
+        settings = self._student_settings(spec, size, seed, data, teacher)
         def work():
             self.log(f"student {slug}: {spec.method}")
             summary = self._train(folder, settings)

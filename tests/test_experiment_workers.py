@@ -1,0 +1,54 @@
+"""Worker scheduling in `tiekd experiment`: teacher-free rows train while another worker holds the teacher."""
+
+from __future__ import annotations
+
+from tiekd.experiment import ExperimentConfig, Pipeline, claim
+
+
+def test_teacher_free_rows_are_trained_while_the_teacher_is_busy(tmp_path, monkeypatch):
+    config = ExperimentConfig.from_dict({
+        "name": "t", "teacher": {"model": "micro", "max_updates": 2},
+        "student": {"max_updates": 2}, "student_sizes": ["micro"], "seeds": [1, 2],
+        "students": [{"name": "No-KD", "method": "none"}, {"name": "Word-KD", "method": "word-kd"},
+                     {"name": "Seq-KD on No-KD's data", "method": "none", "options": {"seq_kd_targets": True}}],
+    }, source="test")
+    pipeline = Pipeline(config, tmp_path / "exp")
+    trained = []
+    monkeypatch.setattr(Pipeline, "_train", lambda self, folder, settings: trained.append((folder.name, settings)))
+    jobs = [(spec, "micro", seed) for spec in config.students for seed in (1, 2)]
+    data = tmp_path / "exp" / "data"
+
+    # seed 2's No-KD stage is held by another worker, so only seed 1's is trained here
+    with claim(pipeline._lock("students/no-kd-micro-seed2"), wait=False) as held:
+        assert held
+        pipeline._pretrain_teacher_free(jobs, data)
+    assert [name for name, _ in trained] == ["no-kd-micro-seed1"]
+    settings = trained[0][1]
+    # exactly the settings the row's own stage will use, so that stage resumes the finished run
+    assert settings == pipeline._student_settings(config.students[0], "micro", 1, data, tmp_path / "elsewhere")
+    assert settings["method"] == "none" and settings["teacher"] == "" and settings["seed"] == 1
+
+    # a finished stage is skipped
+    trained.clear()
+    (tmp_path / "exp" / "students" / "no-kd-micro-seed2").mkdir(parents=True)
+    (tmp_path / "exp" / "students" / "no-kd-micro-seed2" / "stage.json").write_text("{}")
+    pipeline._pretrain_teacher_free(jobs, data)
+    assert [name for name, _ in trained] == ["no-kd-micro-seed1"]
+
+
+def test_student_settings_may_change_until_a_student_finishes(tmp_path):
+    import pytest
+
+    from tiekd.errors import TiekdError
+
+    values = {"name": "t", "teacher": {"model": "micro"}, "student": {"max_updates": 2},
+              "students": [{"name": "No-KD", "method": "none"}]}
+    Pipeline(ExperimentConfig.from_dict(values, source="a"), tmp_path)
+    changed = {**values, "student": {"max_updates": 3}}
+    Pipeline(ExperimentConfig.from_dict(changed, source="b"), tmp_path)  # nothing finished yet: accepted
+    (tmp_path / "students" / "no-kd-small-seed1").mkdir(parents=True)
+    (tmp_path / "students" / "no-kd-small-seed1" / "stage.json").write_text("{}")
+    with pytest.raises(TiekdError, match="student"):
+        Pipeline(ExperimentConfig.from_dict({**values, "student": {"max_updates": 4}}, source="c"), tmp_path)
+    with pytest.raises(TiekdError, match="teacher"):
+        Pipeline(ExperimentConfig.from_dict({**changed, "teacher": {"model": "tiny"}}, source="d"), tmp_path)
