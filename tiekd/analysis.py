@@ -29,7 +29,7 @@ def agreement_statistics(student, teacher, tokenizer, sources: list[str], target
     from .objectives import shift_right
 
     pad = tokenizer.pad_token_id
-    corpus = EncodedCorpus(encode_texts(tokenizer, sources), encode_texts(tokenizer, targets), pad)
+    corpus = EncodedCorpus(encode_texts(tokenizer, sources), encode_texts(tokenizer, targets, target=True), pad)
     edges = torch.tensor(bin_edges)
     n_bins = len(bin_edges) + 1
     counts = {name: torch.zeros((), dtype=torch.float64) for name in ("tokens", "agree", "teacher_gold", "student_gold", "topk_overlap")}

@@ -29,10 +29,14 @@ class EncodedCorpus:
         return len(self.sources)
 
 
-def encode_texts(tokenizer, lines: list[str], batch: int = 2000) -> list[list[int]]:
+def encode_texts(tokenizer, lines: list[str], batch: int = 2000, target: bool = False) -> list[list[int]]:
+    """Token ids of each line, `</s>` appended; `target` lines go through the tokenizer's target model
+    (a Marian tokenizer with separate source and target SentencePiece models, as OPUS-MT's)."""
     ids: list[list[int]] = []
     for start in range(0, len(lines), batch):
-        ids.extend(tokenizer(lines[start:start + batch], add_special_tokens=True)["input_ids"])
+        chunk = lines[start:start + batch]
+        encoded = tokenizer(text_target=chunk) if target else tokenizer(chunk, add_special_tokens=True)
+        ids.extend(encoded["input_ids"])
     return ids
 
 
@@ -42,7 +46,7 @@ def encode_pair_files(tokenizer, source_path: Path, target_path: Path, max_posit
     if len(sources) != len(targets):
         raise TiekdError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}. "
                          "Fix: give line-aligned files (re-run `tiekd prepare`)")
-    src_ids, tgt_ids = encode_texts(tokenizer, sources), encode_texts(tokenizer, targets)
+    src_ids, tgt_ids = encode_texts(tokenizer, sources), encode_texts(tokenizer, targets, target=True)
     eos = tokenizer.eos_token_id
     truncate = lambda seq: seq if len(seq) <= max_positions else seq[: max_positions - 1] + [eos]
     return EncodedCorpus([truncate(s) for s in src_ids], [truncate(t) for t in tgt_ids], tokenizer.pad_token_id)

@@ -55,7 +55,7 @@ class ExperimentConfig:
     tgt_lang: str = "en"
     vocab_size: int = 8000
     train_pairs: int = 0              # use only the first N training pairs (0: all)
-    teacher_model: str | None = None  # reuse this teacher folder instead of training one
+    teacher_model: str | None = None  # reuse this teacher folder (and its tokenizer) instead of training one
     teacher: dict = field(default_factory=dict)   # RunConfig settings for the teacher
     student: dict = field(default_factory=dict)   # RunConfig settings shared by every student
     student_sizes: list[str] = field(default_factory=lambda: ["small"])
@@ -229,10 +229,10 @@ class Pipeline:
             prepare_data(data, src_lang=config.src_lang, tgt_lang=config.tgt_lang,
                          train=(sliced / f"train.{config.src_lang}", sliced / f"train.{config.tgt_lang}"),
                          valid=(folder / f"val.{config.src_lang}", folder / f"val.{config.tgt_lang}"),
-                         tests=tests, vocab_size=config.vocab_size, verbose=False)
+                         tests=tests, vocab_size=config.vocab_size, verbose=False, tokenizer=config.teacher_model)
         else:
             prepare_data(data, src_lang=config.src_lang, tgt_lang=config.tgt_lang, multi30k_dir=folder,
-                         vocab_size=config.vocab_size, verbose=False)
+                         vocab_size=config.vocab_size, verbose=False, tokenizer=config.teacher_model)
         return data
 
     def _train(self, folder: Path, settings: dict) -> dict:
@@ -299,9 +299,11 @@ class Pipeline:
     def run(self) -> Path:
         config = self.config
         self.log(f"experiment {config.name} in {self.out}")
-        data = self._stage(self.out / "data", {"prepare": [config.multi30k, config.src_lang, config.tgt_lang,
-                                                            config.vocab_size, config.train_pairs, config.test_sets]},
-                           lambda: str(self.prepare()))
+        inputs = [config.multi30k, config.src_lang, config.tgt_lang, config.vocab_size, config.train_pairs,
+                  config.test_sets]
+        if config.teacher_model:  # the data is encoded with that teacher's own tokenizer
+            inputs.append({"tokenizer": str(config.teacher_model)})
+        data = self._stage(self.out / "data", {"prepare": inputs}, lambda: str(self.prepare()))
         if data is None:
             raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
         data = self.out / "data"

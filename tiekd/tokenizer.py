@@ -4,7 +4,10 @@ Layout (the Opus-MT/Marian convention, which CTranslate2's Marian converter expe
 `</s>` = 0, `<unk>` = 1, then the SentencePiece pieces, and `<pad>` = the last id (V - 1). The decoder
 starts from `<pad>`; its embedding row is kept at zero (see `tiekd.models`) so that CTranslate2, which
 starts Marian decoders from a zero embedding and drops `<pad>` from the vocabulary, decodes identically.
-The same SentencePiece model serves source and target (shared embeddings need one vocabulary).
+A tokenizer that tiekd trains uses one SentencePiece model for source and target (shared embeddings
+need one vocabulary). An existing model's tokenizer (OPUS-MT: a source.spm and a target.spm over one
+shared vocab.json) is kept as it is (`copy_existing_tokenizer`); targets are then encoded with the
+target model (`text_target=`), which the joint tokenizers do too, so one code path serves both.
 """
 
 from __future__ import annotations
@@ -89,7 +92,35 @@ def load_tokenizer(path: str | Path):
         ) from exc
 
 
-def vocab_fingerprint(tokenizer) -> tuple[int, int]:
-    """(size, hash) of the token->id map: two tokenizers with equal fingerprints encode alike."""
+def vocab_fingerprint(tokenizer) -> tuple[int, str]:
+    """(size, SHA-256 prefix) of the token->id map: two tokenizers with equal fingerprints share a
+    vocabulary. Stable across processes (Python's own hash() of strings is salted per process), so it
+    can be written into meta files."""
+    import hashlib
+
     vocab = tokenizer.get_vocab()
-    return len(vocab), hash(tuple(sorted(vocab.items())))
+    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8")).hexdigest()
+    return len(vocab), digest[:16]
+
+
+def copy_existing_tokenizer(source: str | Path, out_dir: Path):
+    """Save the Marian tokenizer of `source` (a model folder or a tokenizer folder, e.g. an OPUS-MT model
+    with its own source.spm, target.spm and vocab.json) into `out_dir`, unchanged; return it loaded.
+
+    Sources are then encoded with source.spm and targets with target.spm, both mapped through the one
+    vocab.json, in that model's own id order, as the model was trained."""
+    source = Path(source)
+    tokenizer = load_tokenizer(source)
+    missing = [name for name in TOKENIZER_FILES[:3] if not (source / name).is_file()]
+    if missing or not hasattr(tokenizer, "spm_target"):
+        raise TiekdError(
+            f"{source}: not a Marian tokenizer folder ({type(tokenizer).__name__}"
+            + (f"; missing {', '.join(missing)}" if missing else "") + "). Fix: pass a Marian/OPUS-MT model "
+            "folder or its tokenizer folder (source.spm, target.spm, vocab.json), or leave out --tokenizer "
+            "to train a new one")
+    for name, token in (("pad", tokenizer.pad_token_id), ("eos", tokenizer.eos_token_id)):
+        if token is None:
+            raise TiekdError(f"{source}: the tokenizer defines no {name} token. Fix: use a complete Marian tokenizer")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return load_tokenizer(out_dir)

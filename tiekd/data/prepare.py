@@ -66,14 +66,16 @@ def prepare_data(
     tests: Mapping[str, tuple[str | Path, str | Path]] | Iterable[tuple[str, str | Path, str | Path]] | None = None,
     tsv_train: str | Path | None = None,
     vocab_size: int = 8000, max_tokens: int = 250, max_len_ratio: float = 9.0, max_chars: int = 10_000,
-    empty: str = "skip", overwrite: bool = False, verbose: bool = True,
+    empty: str = "skip", overwrite: bool = False, verbose: bool = True, tokenizer: str | Path | None = None,
 ) -> Path:
     """Prepare Multi30k (the default; from `multi30k_dir`, a default location, or downloaded) or the user's
     files (`train` or `tsv_train`, plus `valid` and optional `tests`) into `out_dir`. Returns `out_dir`.
 
     If `out_dir` already holds a preparation of the same inputs (by content) and options, it is kept and
     reported; a different one is refused unless `overwrite`. A folder that is not a preparation is never
-    replaced."""
+    replaced.
+    With `tokenizer` (a Marian model or tokenizer folder, e.g. the teacher's own, OPUS-MT layout included)
+    its tokenizer is copied unchanged instead of training one, and `vocab_size` is its vocabulary's."""
     log = print if verbose else (lambda *_: None)
     out_dir = Path(out_dir)
     options = _check_options(src_lang, tgt_lang, vocab_size, max_tokens, max_len_ratio, max_chars, empty)
@@ -91,6 +93,12 @@ def prepare_data(
         "vocab_size": vocab_size, "options": options, "tokenizer": TOKENIZER_DIR,
         "inputs": {**source_info, "splits": {s.name: s.inputs for s in splits}},
     }
+    if tokenizer is not None:
+        from ..tokenizer import load_tokenizer, vocab_fingerprint
+
+        size, digest = vocab_fingerprint(load_tokenizer(tokenizer))
+        meta["vocab_size"] = size
+        meta["tokenizer_from"] = {"path": str(Path(tokenizer).resolve()), "vocab_sha256": digest}
     if _already_prepared(out_dir, meta, overwrite):
         existing = json.loads((out_dir / META_NAME).read_text(encoding="utf-8"))
         log(f"{out_dir}: already prepared from the same inputs and options; nothing to do")
@@ -228,6 +236,8 @@ def _fingerprint(meta: dict) -> dict:
         "src_lang": meta.get("src_lang"), "tgt_lang": meta.get("tgt_lang"), "vocab_size": meta.get("vocab_size"),
         "options": meta.get("options"),
         "inputs": {name: {side: rec.get("sha256") for side, rec in files.items()} for name, files in splits.items()},
+        # a reused tokenizer by its vocabulary, not its path (absent for a trained one: old folders still match)
+        **({"tokenizer": meta["tokenizer_from"]["vocab_sha256"]} if "tokenizer_from" in meta else {}),
     }))
 
 
@@ -240,25 +250,15 @@ def _build(build: Path, splits: list[ParallelText], meta: dict, log) -> None:
     _drop(train, ["chars" if max(len(s), len(t)) > options["max_chars"] else None
                   for s, t in zip(train.sources, train.targets)])
     _write_split(build, train, src_lang, tgt_lang)
-    log(f"training a {meta['vocab_size']}-piece SentencePiece tokenizer on {len(train.sources):,} training pairs")
     tokenizer_dir = build / TOKENIZER_DIR
-    try:
-        train_joint_sentencepiece(
-            [build / f"train.{src_lang}", build / f"train.{tgt_lang}"], tokenizer_dir, vocab_size=meta["vocab_size"],
-        )
-    except RuntimeError as exc:  # SentencePiece reports e.g. a vocabulary too large for the text this way
-        # its limit excludes the <pad> that the Marian layout adds, hence + 1
-        limit = re.search(r"value <= (\d+)", str(exc))
-        hint = f"use --vocab-size {int(limit.group(1)) + 1} or less" if limit else "lower --vocab-size"
-        raise TiekdError(
-            f"{train.inputs.get('source', train.inputs.get('tsv'))['path']}: SentencePiece could not train a "
-            f"{meta['vocab_size']}-piece vocabulary on the training text ({exc}). Fix: {hint}, or give more "
-            "training text"
-        ) from exc
-
-    processor = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "source.spm"))
-    source_len = [len(ids) for ids in processor.encode(train.sources)]  # pieces, </s> not counted
-    target_len = [len(ids) for ids in processor.encode(train.targets)]
+    if "tokenizer_from" in meta:
+        _copy_tokenizer(meta, tokenizer_dir, log)
+    else:
+        _train_tokenizer(build, train, meta, tokenizer_dir, log)
+    source_model = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "source.spm"))
+    target_model = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "target.spm"))
+    source_len = [len(ids) for ids in source_model.encode(train.sources)]  # pieces, </s> not counted
+    target_len = [len(ids) for ids in target_model.encode(train.targets)]
     _drop(train, ["tokens" if max(ls, lt) > options["max_tokens"]
                   else "ratio" if max(ls, lt) > options["max_len_ratio"] * max(1, min(ls, lt)) else None
                   for ls, lt in zip(source_len, target_len)])
@@ -281,6 +281,34 @@ def _build(build: Path, splits: list[ParallelText], meta: dict, log) -> None:
             meta["splits"][split.name]["filtered_by"] = {
                 reason: train.filtered.get(reason, 0) for reason in ("chars", "tokens", "ratio")}
     (build / META_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
+    from ..tokenizer import copy_existing_tokenizer, vocab_fingerprint
+
+    source = meta["tokenizer_from"]["path"]
+    log(f"using the tokenizer of {source} ({meta['vocab_size']:,} tokens) instead of training one")
+    copied = copy_existing_tokenizer(source, tokenizer_dir)
+    if vocab_fingerprint(copied)[1] != meta["tokenizer_from"]["vocab_sha256"]:
+        raise TiekdError(f"{source}: its vocabulary changed while it was being copied. Fix: run prepare again")
+
+
+def _train_tokenizer(build: Path, train: ParallelText, meta: dict, tokenizer_dir: Path, log) -> None:
+    src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
+    log(f"training a {meta['vocab_size']}-piece SentencePiece tokenizer on {len(train.sources):,} training pairs")
+    try:
+        train_joint_sentencepiece(
+            [build / f"train.{src_lang}", build / f"train.{tgt_lang}"], tokenizer_dir, vocab_size=meta["vocab_size"],
+        )
+    except RuntimeError as exc:  # SentencePiece reports e.g. a vocabulary too large for the text this way
+        # its limit excludes the <pad> that the Marian layout adds, hence + 1
+        limit = re.search(r"value <= (\d+)", str(exc))
+        hint = f"use --vocab-size {int(limit.group(1)) + 1} or less" if limit else "lower --vocab-size"
+        raise TiekdError(
+            f"{train.inputs.get('source', train.inputs.get('tsv'))['path']}: SentencePiece could not train a "
+            f"{meta['vocab_size']}-piece vocabulary on the training text ({exc}). Fix: {hint}, or give more "
+            "training text"
+        ) from exc
 
 
 def _drop(split: ParallelText, reasons: list[str | None]) -> None:
@@ -374,6 +402,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src-lang", default="de", help="source language code (default: de)")
     parser.add_argument("--tgt-lang", default="en", help="target language code (default: en)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint vocabulary size, <pad> included")
+    parser.add_argument("--tokenizer", metavar="DIR", type=Path,
+                        help="use this model's (or tokenizer folder's) Marian tokenizer instead of training one, "
+                             "e.g. the OPUS-MT teacher you will distill (its source.spm, target.spm, vocab.json)")
     parser.add_argument("--max-tokens", type=int, default=250, help="filter training pairs with a longer side")
     parser.add_argument("--max-len-ratio", type=float, default=9.0, help="filter training pairs with a larger "
                                                                           "token length ratio")
@@ -391,6 +422,6 @@ def run_prepare(args: argparse.Namespace) -> int:
         args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang, multi30k_dir=args.multi30k,
         download=args.download, train=args.train, valid=args.valid, tests=args.test, tsv_train=args.tsv_train,
         vocab_size=args.vocab_size, max_tokens=args.max_tokens, max_len_ratio=args.max_len_ratio,
-        max_chars=args.max_chars, empty=args.empty, overwrite=args.overwrite,
+        max_chars=args.max_chars, empty=args.empty, overwrite=args.overwrite, tokenizer=args.tokenizer,
     )
     return 0

@@ -1,0 +1,117 @@
+"""Distilling a teacher with its own tokenizer: the OPUS-MT layout (separate source.spm and target.spm,
+one shared vocab.json in the model's own order), built here from real Multi30k text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import head, small_config
+from tiekd.errors import TiekdError
+
+
+def _spm(lines, prefix, vocab_size):
+    import sentencepiece as spm
+
+    text = prefix.with_suffix(".txt")
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(prefix), vocab_size=vocab_size,
+                                   model_type="unigram", character_coverage=1.0, eos_id=0, unk_id=1, bos_id=-1,
+                                   pad_id=-1, minloglevel=2)
+    return prefix.with_suffix(".model")
+
+
+@pytest.fixture(scope="module")
+def opus_layout(tmp_path_factory, multi30k):
+    """A tokenizer folder as OPUS-MT ships one: a German and an English SentencePiece model (different
+    pieces), one vocab.json listing the source pieces, then the target pieces not yet in it, then <pad>."""
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    root = tmp_path_factory.mktemp("opus")
+    german, english = head(multi30k / "train.de", 1500), head(multi30k / "train.en", 1500)
+    source_model, target_model = _spm(german, root / "de", 400), _spm(english, root / "en", 300)
+    vocab = {"</s>": 0, "<unk>": 1}
+    for model in (source_model, target_model):
+        processor = spm.SentencePieceProcessor(model_file=str(model))
+        for i in range(2, processor.get_piece_size()):
+            vocab.setdefault(processor.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    tokenizer = MarianTokenizer(str(source_model), str(target_model), str(root / "vocab.json"))
+    tokenizer.save_pretrained(str(root / "tokenizer"))
+    for lang, lines in (("de", german), ("en", english)):
+        (root / f"train.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (root / f"val.{lang}").write_text("\n".join(head(multi30k / f"val.{lang}", 40)) + "\n", encoding="utf-8")
+    return root, vocab, target_model
+
+
+def _prepare(root, out, tokenizer):
+    from tiekd.data.prepare import prepare_data
+
+    return prepare_data(out, train=(root / "train.de", root / "train.en"), valid=(root / "val.de", root / "val.en"),
+                        tokenizer=tokenizer, verbose=False)
+
+
+def test_prepare_keeps_the_tokenizer_and_encodes_targets_with_the_target_model(opus_layout, tmp_path):
+    import sentencepiece as spm
+
+    from tiekd.batching import encode_pair_files
+    from tiekd.data.prepare import load_prepared
+    from tiekd.tokenizer import load_tokenizer
+
+    root, vocab, target_model = opus_layout
+    data = load_prepared(_prepare(root, tmp_path / "data", root / "tokenizer"))
+    tokenizer = load_tokenizer(data.tokenizer_dir)
+    assert tokenizer.get_vocab() == vocab and data.meta["vocab_size"] == len(vocab)
+    assert (data.tokenizer_dir / "target.spm").read_bytes() == target_model.read_bytes()
+    corpus = encode_pair_files(tokenizer, *data.splits["train"])
+    targets = (tmp_path / "data" / "train.en").read_text(encoding="utf-8").splitlines()
+    pieces = spm.SentencePieceProcessor(model_file=str(target_model))
+    differs = 0
+    for line, ids in zip(targets[:50], corpus.targets[:50]):
+        assert ids == [vocab[p] for p in pieces.encode(line, out_type=str)] + [tokenizer.eos_token_id]
+        differs += ids != tokenizer(line)["input_ids"]  # what the source model would have made of it
+    assert differs > 0
+    # the same tokenizer again is the same preparation; another one is a different preparation
+    _prepare(root, tmp_path / "data", root / "tokenizer")
+    with pytest.raises(TiekdError, match="different preparation"):
+        _prepare(root, tmp_path / "data", None)
+
+
+def test_an_opus_layout_teacher_is_distilled_translated_and_averaged(opus_layout, tmp_path, prepared):
+    from tiekd.average import average_checkpoints, find_last_checkpoints
+    from tiekd.models import load_model
+    from tiekd.tokenizer import load_tokenizer
+    from tiekd.trainer import run_training
+    from tiekd.translate import DecodeOptions, translate_sentences
+
+    root, vocab, _ = opus_layout
+    data = _prepare(root, tmp_path / "data", root / "tokenizer")
+    run_training(small_config(data, tmp_path / "teacher", max_updates=20, valid_bleu=False), quiet=True)
+    teacher = tmp_path / "teacher" / "checkpoints" / "best"  # a model folder in the OPUS-MT layout
+    assert load_tokenizer(teacher).get_vocab() == vocab
+
+    # the user's path: prepare with the teacher's own tokenizer, then distill
+    data2 = _prepare(root, tmp_path / "data2", teacher)
+    summary = run_training(small_config(data2, tmp_path / "student", method="word-kd", teacher=str(teacher),
+                                        max_updates=4, valid_every=2, valid_max_sentences=5), quiet=True)
+    assert summary["step"] == 4
+    model_dir = average_checkpoints(find_last_checkpoints(tmp_path / "student", 2), tmp_path / "avg")
+    student, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    assert tokenizer.get_vocab() == vocab and student.config.vocab_size == len(vocab)
+    hyps = translate_sentences(student, tokenizer, head(root / "val.de", 3), DecodeOptions(beam=2, max_length=8))
+    assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
+
+    # a teacher whose vocabulary is not the data's is refused, naming both
+    with pytest.raises(TiekdError, match="vocabulary .* differs"):
+        run_training(small_config(prepared, tmp_path / "mismatch", method="word-kd", teacher=str(teacher)), quiet=True)
+
+
+def test_a_folder_without_a_tokenizer_is_refused_clearly(opus_layout, tmp_path):
+    root, _, _ = opus_layout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TiekdError, match=r"empty: not a tokenizer folder"):
+        _prepare(root, tmp_path / "data", tmp_path / "empty")
+    assert not (tmp_path / "data").exists()  # nothing half-written
