@@ -33,7 +33,7 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) ->
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
-        if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes",
+        if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes", "init_from_teacher",
                                           "iterative_start_update", "ranking", "kd_temperature", "jsd_beta",
                                           "skew_alpha", "on_policy_lambda", "on_policy_divergence",
                                           "on_policy_sampling",
@@ -96,9 +96,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
-    print(f"{'preset':8} {'params':>10} {'d_model':>7} {'layers':>6} {'heads':>5} {'ffn':>5}  (vocab {len(tokenizer.get_vocab())})")
+    print(f"{'preset':17} {'params':>10} {'d_model':>7} {'enc/dec':>7} {'heads':>5} {'ffn':>5}  (vocab {len(tokenizer.get_vocab())})")
     for name, count, preset in describe_presets(tokenizer):
-        print(f"{name:8} {count / 1e6:9.2f}M {preset.d_model:7d} {preset.layers:6d} {preset.heads:5d} {preset.ffn_dim:5d}")
+        layers = f"{preset.encoder_layers}/{preset.decoder_depth}"
+        print(f"{name:17} {count / 1e6:9.2f}M {preset.d_model:7d} {layers:>7} {preset.heads:5d} {preset.ffn_dim:5d}")
     return 0
 
 

@@ -68,6 +68,7 @@ class RunConfig:
     # distillation (tiekd distill); method none is plain training
     method: str = "none"           # one of KD_METHODS
     teacher: str = ""              # teacher model folder (same vocabulary as the data's tokenizer)
+    init_from_teacher: bool = False  # start the student from the teacher's embeddings and evenly spaced layers
     kd_alpha: float = 0.5          # total = (1 - a) * ls_ce + a * kd
     topk: int = 5                  # k of TIE-KD's ranking loss and of kd-topk
     iterative_passes: int = 3      # N of TIE-KD's iterative KD (1 disables it)
@@ -88,6 +89,8 @@ class RunConfig:
         problems = []
         if self.method not in KD_METHODS:
             problems.append(f"method {self.method!r} is not one of {', '.join(KD_METHODS)}")
+        if self.init_from_teacher and not self.teacher:
+            problems.append("init_from_teacher needs a teacher (--teacher MODEL_DIR)")
         if self.method not in ("none",) and not self.teacher:
             problems.append(f"method {self.method} needs a teacher (--teacher MODEL_DIR)")
         if self.max_tokens <= 0 or self.update_freq <= 0:

@@ -17,7 +17,7 @@ from .errors import TiekdError
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """Size of a Transformer encoder-decoder (same shape for encoder and decoder)."""
+    """Size of a Transformer encoder-decoder; the decoder has `decoder_layers` (default: `layers`)."""
 
     d_model: int
     layers: int
@@ -26,6 +26,15 @@ class ModelPreset:
     dropout: float = 0.1             # on embeddings, sublayer outputs and residuals
     attention_dropout: float = 0.0   # on attention weights
     activation_dropout: float = 0.0  # inside the feed-forward block, after the ReLU
+    decoder_layers: int | None = None  # None: as many as the encoder
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.layers
+
+    @property
+    def decoder_depth(self) -> int:
+        return self.layers if self.decoder_layers is None else self.decoder_layers
 
 
 # "big"/"base" are the paper's teacher/student shapes (WMT); the rest suit Multi30k and CPUs.
@@ -36,6 +45,12 @@ PRESETS: dict[str, ModelPreset] = {
     "small": ModelPreset(d_model=256, layers=2, heads=4, ffn_dim=512),
     "tiny": ModelPreset(d_model=128, layers=2, heads=4, ffn_dim=256),
     "micro": ModelPreset(d_model=32, layers=1, heads=2, ffn_dim=64, dropout=0.0),
+    # production CPU students: a deep encoder (it runs once per sentence) and a shallow decoder (it runs
+    # once per generated token), tied embeddings; the shapes of Bergamot / Firefox Translations'
+    # "base" and "tiny" students (Bogoychev et al. 2020, Kim et al. 2019), with standard attention
+    # in the decoder where those use an SSRU
+    "deep-shallow-base": ModelPreset(d_model=512, layers=6, heads=8, ffn_dim=2048, decoder_layers=2),
+    "deep-shallow-tiny": ModelPreset(d_model=256, layers=6, heads=8, ffn_dim=1536, decoder_layers=2),
 }
 
 
@@ -60,7 +75,7 @@ def build_model(preset: str | ModelPreset, tokenizer, max_positions: int = 512, 
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     config = MarianConfig(
         vocab_size=len(vocab), d_model=preset.d_model,
-        encoder_layers=preset.layers, decoder_layers=preset.layers,
+        encoder_layers=preset.encoder_layers, decoder_layers=preset.decoder_depth,
         encoder_attention_heads=preset.heads, decoder_attention_heads=preset.heads,
         encoder_ffn_dim=preset.ffn_dim, decoder_ffn_dim=preset.ffn_dim,
         dropout=preset.dropout, attention_dropout=preset.attention_dropout,
@@ -177,3 +192,41 @@ def describe_presets(tokenizer) -> list[tuple[str, int, ModelPreset]]:
             model = build_model(preset, tokenizer)
         rows.append((name, parameter_count(model), preset))
     return rows
+
+
+def evenly_spaced_layers(student_layers: int, teacher_layers: int) -> list[int]:
+    """Which teacher layers a shallower student copies: evenly spaced, always the first and the last
+    (the choice of Hugging Face's distillation `make_student`, e.g. 6 -> 2: [0, 5]; 6 -> 3: [0, 2, 5])."""
+    if student_layers > teacher_layers:
+        raise TiekdError(f"the student has {student_layers} layers, more than the teacher's {teacher_layers}. "
+                         "Fix: initialise only students with at most as many layers as the teacher")
+    if student_layers == 1:
+        return [0]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def init_from_teacher(student, teacher) -> dict:
+    """Copy the teacher's shared embeddings and an evenly spaced subset of its encoder and decoder layers
+    into `student` (in place), the idea behind Hugging Face's `make_student` and DistilBERT's
+    initialisation. Needs the same vocabulary, d_model and feed-forward size. Returns which teacher
+    layers were copied: {"encoder": [...], "decoder": [...]}."""
+    s, t = student.config, teacher.config
+    mismatched = [f"{name} {getattr(s, name)} vs {getattr(t, name)}"
+                  for name in ("vocab_size", "d_model", "encoder_ffn_dim", "decoder_ffn_dim")
+                  if getattr(s, name) != getattr(t, name)]
+    if mismatched:
+        raise TiekdError(f"the student cannot be initialised from the teacher: student vs teacher "
+                         f"{', '.join(mismatched)}. Fix: pick a student preset with the teacher's vocabulary, "
+                         "d_model and FFN size and fewer layers, or train without --init-from-teacher")
+    copied = {}
+    with torch.no_grad():
+        student.get_input_embeddings().weight.copy_(teacher.get_input_embeddings().weight)
+        student.final_logits_bias.copy_(teacher.final_logits_bias)
+        for side in ("encoder", "decoder"):
+            student_layers = getattr(student.model, side).layers
+            teacher_layers = getattr(teacher.model, side).layers
+            chosen = evenly_spaced_layers(len(student_layers), len(teacher_layers))
+            for target, index in zip(student_layers, chosen):
+                target.load_state_dict(teacher_layers[index].state_dict())
+            copied[side] = chosen
+    return copied

@@ -77,7 +77,7 @@ def _check_model_arguments(config: RunConfig) -> None:
     if config.model not in PRESETS and not (Path(config.model) / "config.json").is_file():
         raise TiekdError(f"--model {config.model}: not a model preset and not a model folder (no config.json). "
                          f"Fix: use a preset ({', '.join(PRESETS)}) or a folder written by tiekd train/distill/average")
-    if config.uses_teacher:
+    if config.uses_teacher or config.init_from_teacher:
         check_model_folder(config.teacher)
 
 
@@ -107,6 +107,7 @@ class Trainer:
         self.checkpoint_dir = self.out / "checkpoints"
         self._seed_everything(config.seed)
 
+        self._resuming = resume  # a resumed run loads its own weights: no teacher initialisation
         self.student = self._build_student()
         self.resume_from = self._find_resume_checkpoint() if resume else None
         if self.resume_from is not None:
@@ -175,6 +176,14 @@ class Trainer:
             self._check_vocab(config.model, "student")
         else:
             student = build_model(config.model, self.tokenizer, **dropouts)
+        if config.init_from_teacher and not self._resuming:
+            from .models import init_from_teacher
+
+            self._check_vocab(config.teacher, "teacher")
+            copied = init_from_teacher(student, load_model(config.teacher))
+            if self.dist.is_main and not self.quiet:
+                print(f"student initialised from {config.teacher}: embeddings, encoder layers {copied['encoder']}, "
+                      f"decoder layers {copied['decoder']}", flush=True)
         return student.to(self.device).train()
 
     def _check_vocab(self, model_dir: str, role: str) -> None:
