@@ -113,13 +113,70 @@ def test_short_distillation_lowers_the_kd_loss(prepared, teacher_dir, tmp_path, 
     assert sum(kd[-5:]) / 5 < 0.8 * sum(kd[:5]) / 5
 
 
-@pytest.mark.parametrize("method", ["selective-kd", "kd-top1-only", "kd-without-top1", "kd-topk"])
-def test_every_method_trains(prepared, teacher_dir, tmp_path, method):
-    from tiekd.trainer import run_training
+def reference_kd(method, student_logits, teacher_logits, labels, pad, config):
+    """Each method's KD sum, straight from tiekd.losses (docs/tie-kd.md §3)."""
+    if method == "tie-kd":  # one pass: passes 2..N are tested above
+        return losses.tie_kd_loss(student_logits, teacher_logits, labels, pad, topk=config.topk)
+    if method == "word-kd":
+        return losses.word_kd_loss(student_logits, teacher_logits, labels, pad)
+    if method == "selective-kd":
+        mask = losses.selective_token_mask(student_logits, labels, pad, ratio=config.selective_ratio)
+        return losses.word_kd_loss(student_logits, teacher_logits, labels, pad, mask=mask)
+    if method == "kd-top1-only":
+        return losses.kd_without_correlation_loss(student_logits, teacher_logits, labels, pad)
+    if method == "kd-without-top1":
+        return losses.kd_without_top1_loss(student_logits, teacher_logits, labels, pad)
+    if method == "kd-topk":
+        return losses.topk_kd_loss(student_logits, teacher_logits, labels, pad, topk=config.topk)
+    raise ValueError(method)
 
-    summary = run_training(small_config(prepared, tmp_path / "run", method=method, teacher=str(teacher_dir),
-                                        max_updates=3, valid_bleu=False, valid_every=100), quiet=True)
-    assert summary["step"] == 3
+
+WORD_LEVEL = ["tie-kd", "word-kd", "selective-kd", "kd-top1-only", "kd-without-top1", "kd-topk"]
+
+
+def first_update_batch(trainer):
+    """The batch the trainer's first update takes (one process, update_freq 1)."""
+    from tiekd import batching
+
+    order = batching.epoch_order(len(trainer.batches), trainer.config.seed, 0)
+    return batching.collate(trainer.train_corpus, trainer.batches[order[0]])
+
+
+def read_records(run, kind="train"):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize("method", WORD_LEVEL)
+def test_every_method_trains_with_its_own_loss(prepared, teacher_dir, tmp_path, method):
+    """The first update's logged ce, kd and loss are those of the method's loss on that batch, and no
+    other method's KD loss gives the same value (kd_alpha and topk off their defaults, so their
+    wiring counts too)."""
+    from tiekd.objectives import shift_right
+    from tiekd.trainer import Trainer
+
+    out = tmp_path / "run"
+    trainer = Trainer(small_config(prepared, out, method=method, teacher=str(teacher_dir), max_updates=2, kd_alpha=0.3,
+                                   topk=3, iterative_passes=1, valid_bleu=False, valid_every=100), quiet=True)
+    config, pad = trainer.config, trainer.pad_id
+    batch = first_update_batch(trainer)
+    decoder_input = shift_right(batch.labels, trainer.student.config.decoder_start_token_id)
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=decoder_input)
+    with torch.no_grad():  # micro has no dropout: training mode computes the same logits
+        student_logits, teacher_logits = trainer.student(**kwargs).logits, trainer.teacher(**kwargs).logits
+    ce = float(losses.label_smoothed_ce(student_logits, batch.labels, pad, epsilon=config.label_smoothing))
+    kd = {m: float(reference_kd(m, student_logits, teacher_logits, batch.labels, pad, config)) for m in WORD_LEVEL}
+    trainer.fit()
+
+    first = read_records(out)[0]
+    tokens = batch.num_target_tokens
+    assert first["step"] == 1
+    assert first["ce"] == pytest.approx(ce / tokens, rel=1e-5)
+    assert first["kd"] == pytest.approx(kd[method] / tokens, rel=1e-5)
+    assert first["loss"] == pytest.approx((0.7 * ce + 0.3 * kd[method]) / tokens, rel=1e-5)
+    # the check tells the methods apart: every other KD loss is 10 tolerances away at least (the nearest,
+    # word-kd to tie-kd, differs by TIE-KD's ranking terms: about 1e-3 of the sum)
+    others = [m for m in WORD_LEVEL if m != method]
+    assert all(abs(kd[m] - kd[method]) > 1e-4 * abs(kd[method]) for m in others), kd
 
 
 def test_selective_kd_distills_only_the_hardest_half(prepared, teacher_dir, tmp_path, monkeypatch):
@@ -162,10 +219,84 @@ def test_sequence_level_kd_trains_on_teacher_translations_and_resumes_them(prepa
 
 
 def test_seq_kd_method_end_to_end(prepared, teacher_dir, tmp_path):
-    from tiekd.trainer import run_training
+    """seq-kd trains with plain CE on the teacher's greedy translations of the training sources."""
+    from tiekd.batching import encode_texts
+    from tiekd.data.prepare import load_prepared
+    from tiekd.io import read_lines
+    from tiekd.objectives import shift_right
+    from tiekd.trainer import Trainer
 
     out = tmp_path / "run"
-    summary = run_training(small_config(prepared, out, method="seq-kd", teacher=str(teacher_dir), max_updates=2,
-                                        valid_bleu=False, valid_every=100, seq_kd_beam=1), quiet=True)
+    # the 100 validation pairs as training set: the teacher translates them in seconds, not 2,000 pairs
+    trainer = Trainer(small_config(prepared, out, method="seq-kd", teacher=str(teacher_dir), max_updates=2,
+                                   train_split="valid", valid_bleu=False, valid_every=100, seq_kd_beam=1), quiet=True)
+    hyps = (out / "seqkd" / "train.hyp").read_text(encoding="utf-8").splitlines()
+    sources, references = map(read_lines, load_prepared(prepared).splits["valid"])
+    assert len(hyps) == len(sources) == 100
+    # the training targets are the teacher's translations, not the references
+    assert trainer.train_corpus.targets == encode_texts(trainer.tokenizer, hyps)
+    assert sum(h != r for h, r in zip(hyps, references)) > 0.9 * len(hyps)
+    # ...and greedy ones: teacher-forced on them, the teacher's argmax is (nearly always) the next token
+    teacher, tokenizer, pad = trainer.teacher, trainer.tokenizer, trainer.pad_id
+
+    def teacher_argmax_agreement(targets):
+        agree = total = 0
+        for source, target in zip(sources[:40], targets[:40]):
+            labels = torch.tensor([tokenizer(target).input_ids])
+            with torch.no_grad():
+                logits = teacher(**tokenizer([source], return_tensors="pt"),
+                                 decoder_input_ids=shift_right(labels, teacher.config.decoder_start_token_id)).logits
+            agree += int((logits.argmax(-1) == labels).sum())
+            total += labels.numel()
+        return agree / total
+
+    on_hyps, on_references = teacher_argmax_agreement(hyps), teacher_argmax_agreement(references)
+    assert on_hyps > 0.95 and on_references < 0.8, (on_hyps, on_references)
+
+    # no KD term: the first update's loss is the student's label-smoothed CE on the teacher's targets
+    assert trainer.objective.teacher is None and trainer.objective.kd_loss is None
+    batch = first_update_batch(trainer)
+    decoder_input = shift_right(batch.labels, trainer.student.config.decoder_start_token_id)
+    with torch.no_grad():
+        logits = trainer.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 decoder_input_ids=decoder_input).logits
+    ce = float(losses.label_smoothed_ce(logits, batch.labels, pad, epsilon=trainer.config.label_smoothing))
+    summary = trainer.fit()
     assert summary["step"] == 2
-    assert len((out / "seqkd" / "train.hyp").read_text(encoding="utf-8").splitlines()) == 2000
+    first = read_records(out)[0]
+    assert first["loss"] == pytest.approx(ce / batch.num_target_tokens, rel=1e-5) and "kd" not in first
+
+
+def test_iterative_passes_start_at_iterative_start_update(prepared, teacher_dir, tmp_path, monkeypatch):
+    """Before update U (`iterative_start_update`) TIE-KD runs pass 1 only, its single-pass loss; from U on,
+    all N passes."""
+    from tiekd.trainer import Trainer
+
+    objective, batch = objective_for(prepared, teacher_dir, tmp_path / "objective", iterative_passes=3,
+                                     iterative_start_update=5)
+    objective.student.eval()
+    single = objective_for(prepared, teacher_dir, tmp_path / "single", iterative_passes=1)[0]
+    single.student.load_state_dict(objective.student.state_dict())
+    single.student.eval()
+    expected_single = float(single(batch.input_ids, batch.attention_mask, batch.labels)[1]["kd"])
+    objective.updates_done = 4
+    assert float(objective(batch.input_ids, batch.attention_mask, batch.labels)[1]["kd"]) == pytest.approx(
+        expected_single, rel=1e-6)
+    objective.updates_done = 5
+    assert float(objective(batch.input_ids, batch.attention_mask, batch.labels)[1]["kd"]) != pytest.approx(
+        expected_single, rel=1e-3)
+
+    # the trainer tells the objective how many updates are done: 1 teacher pass, then 3 (and 2 student re-passes)
+    trainer = Trainer(small_config(prepared, tmp_path / "run", method="tie-kd", teacher=str(teacher_dir),
+                                   iterative_passes=3, iterative_start_update=2, max_updates=4, valid_bleu=False,
+                                   valid_every=100), quiet=True)
+    calls = []
+    decode = trainer.objective._decode
+
+    def counting(model, *args):
+        calls.append(trainer.objective.updates_done)
+        return decode(model, *args)
+
+    monkeypatch.setattr(trainer.objective, "_decode", counting)
+    trainer.fit()
+    assert [calls.count(update) for update in range(4)] == [1, 1, 5, 5]

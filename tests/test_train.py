@@ -35,7 +35,7 @@ def test_training_lowers_the_loss_and_writes_a_complete_run(prepared, tmp_path):
     assert state["config"]["max_updates"] == 40 and state["step"] == 40
 
 
-def test_tiny_model_overfits_100_pairs(tmp_path, multi30k):
+def test_micro_model_overfits_100_pairs(tmp_path, multi30k):
     """Memorising 100 real pairs shows the model, loss and decoder fit together."""
     import sacrebleu
 
@@ -52,21 +52,28 @@ def test_tiny_model_overfits_100_pairs(tmp_path, multi30k):
     prepare_data(data, train=(tmp_path / "t.de", tmp_path / "t.en"), valid=(tmp_path / "t.de", tmp_path / "t.en"),
                  vocab_size=400, verbose=False)
     out = tmp_path / "run"
-    # one batch holds all 100 pairs: full-batch Adam memorises them fastest
-    run_training(small_config(data, out, model="tiny", dropout=0.0, label_smoothing=0.0, max_updates=300,
-                              lr=3e-3, warmup_updates=50, valid_every=300, log_every=100, max_tokens=8192,
+    # one batch holds all 100 pairs: full-batch Adam memorises them fastest. The micro model without
+    # dropout does it in 250 updates at a high rate (measured BLEU: 86 at 200, 95 at 250; tiny, 9x the
+    # compute per update, took 150 updates at lr 3e-3 and diverged at 5e-3)
+    run_training(small_config(data, out, model="micro", dropout=0.0, label_smoothing=0.0, max_updates=250,
+                              lr=1.5e-2, warmup_updates=20, valid_every=250, log_every=50, max_tokens=8192,
                               valid_bleu=False), quiet=True)
-    model_dir = out / "checkpoints" / "step_0000300"
+    losses = [r["loss"] for r in read_metrics(out)]
+    model_dir = out / "checkpoints" / "step_0000250"
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     hyps = translate_sentences(model, tokenizer, src, DecodeOptions(beam=4))
     bleu = sacrebleu.corpus_bleu(hyps, [tgt]).score
     assert bleu > 80, bleu
+    assert losses[-1] < 0.3 < 3 < losses[0], losses  # per-token CE of the last 50 updates (measured: 0.12)
 
 
-def test_saved_model_loads_in_plain_transformers_and_translates_identically(prepared, tmp_path, teacher_dir):
+def test_saved_model_loads_in_plain_transformers_and_translates_the_same(prepared, tmp_path, teacher_dir):
+    """`tiekd translate` (batched, padded) gives plain `generate`'s translations (one sentence at a time),
+    except where two beams are near-tied: padding changes the float sums enough to break a tie otherwise."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from tiekd.cli import main
+    from tiekd.translate import DecodeOptions, sequence_log_probs, translate_to_ids
 
     sources = head(Path(prepared) / "valid.de", 12)
     (tmp_path / "in.de").write_text("\n".join(sources) + "\n", encoding="utf-8")
@@ -76,13 +83,22 @@ def test_saved_model_loads_in_plain_transformers_and_translates_identically(prep
 
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
     model = AutoModelForSeq2SeqLM.from_pretrained(str(teacher_dir)).eval()
-    theirs = []
+    theirs, theirs_ids = [], []
     for sentence in sources:  # one at a time: no padding, the plainest possible use
         output = model.generate(**tokenizer([sentence], return_tensors="pt"), num_beams=4, length_penalty=0.6,
                                 max_new_tokens=256, early_stopping=True)
         theirs.append(tokenizer.decode(output[0], skip_special_tokens=True))
-    assert ours == theirs
+        theirs_ids.append([t for t in output[0].tolist() if t != tokenizer.pad_token_id])
     assert sum(bool(h.strip()) for h in ours) == len(ours)
+    same = [a == b for a, b in zip(ours, theirs)]
+    assert sum(same) >= 0.8 * len(sources), list(zip(ours, theirs))
+    if not all(same):  # the command's token ids (its own computation again), to score what it chose
+        ours_ids = translate_to_ids(model, tokenizer, sources, DecodeOptions(beam=4, length_penalty=0.6))
+        assert tokenizer.batch_decode(ours_ids, skip_special_tokens=True) == ours
+        for i in (i for i, equal in enumerate(same) if not equal):
+            scores = [sequence_log_probs(model, tokenizer, [sources[i]], [ids])[0] / len(ids) ** 0.6
+                      for ids in (ours_ids[i], theirs_ids[i])]
+            assert abs(scores[0] - scores[1]) < 1e-3, (i, ours[i], theirs[i], scores)
 
 
 def test_beam_search_scores_at_least_greedy(prepared, teacher_dir):
@@ -148,16 +164,35 @@ def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_update(prep
             assert torch.allclose(accumulated[name], param.grad, atol=1e-6, rtol=1e-4), name
 
 
-def test_average_of_identical_checkpoints_is_that_checkpoint(prepared, tmp_path, teacher_dir):
-    from safetensors.torch import load_file
+def test_average_of_different_checkpoints_is_their_elementwise_mean(prepared, tmp_path, teacher_dir):
+    from safetensors.torch import load_file, save_file
 
     from tiekd.cli import main
 
+    # two other "checkpoints" of the teacher's architecture: its weights shifted and scaled
+    teacher = load_file(str(teacher_dir / "model.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    folders = [teacher_dir]
+    for k, change in enumerate((lambda w: w + torch.randn(w.shape, generator=generator), lambda w: 3 * w)):
+        folder = tmp_path / f"other{k}"
+        folder.mkdir()
+        for name in ("config.json", "vocab.json"):
+            (folder / name).write_bytes((teacher_dir / name).read_bytes())
+        changed = {name: change(value).contiguous() for name, value in teacher.items()}
+        save_file(changed, str(folder / "model.safetensors"))
+        folders.append(folder)
     out = tmp_path / "avg"
-    assert main(["average", "--checkpoints", str(teacher_dir), str(teacher_dir), "--out", str(out)]) == 0
-    a, b = load_file(str(teacher_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert all(torch.allclose(a[k], b[k]) for k in a)
+    assert main(["average", "--checkpoints", *map(str, folders), "--out", str(out)]) == 0
+    weights = [load_file(str(folder / "model.safetensors")) for folder in folders]
+    averaged = load_file(str(out / "model.safetensors"))
+    assert averaged.keys() == teacher.keys()
+    for name, value in averaged.items():
+        mean = sum(w[name].double() for w in weights) / 3
+        assert value.dtype == torch.float32 and torch.allclose(value.double(), mean, rtol=1e-6, atol=1e-7), name
+    name = next(k for k in averaged if "fc1.weight" in k)
+    assert not torch.allclose(averaged[name], teacher[name], atol=1e-3)  # a real mean, not a copy of one
     assert (out / "config.json").is_file() and (out / "vocab.json").is_file()
+    assert not (out / "trainer_state.pt").exists() and not (out / "MANIFEST.json").exists()
 
 
 def test_average_last_checkpoints_of_a_run(prepared, tmp_path):
@@ -173,8 +208,9 @@ def test_average_last_checkpoints_of_a_run(prepared, tmp_path):
     out = average_checkpoints(folders, tmp_path / "avg")
     w1, w2 = (load_file(str(f / "model.safetensors")) for f in folders)
     avg = load_file(str(out / "model.safetensors"))
-    name = next(k for k in avg if "fc1.weight" in k)
-    assert torch.allclose(avg[name], (w1[name] + w2[name]) / 2, atol=1e-6)
+    assert avg.keys() == w1.keys()
+    assert all(torch.allclose(avg[k], (w1[k] + w2[k]) / 2, atol=1e-6) for k in avg)
+    assert not all(torch.equal(w1[k], w2[k]) for k in avg)
 
 
 def test_an_existing_run_folder_is_refused_and_left_untouched(prepared, tmp_path):
@@ -222,20 +258,154 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prep
 
 
 def test_nonfinite_updates_can_be_skipped_and_counted(prepared, tmp_path, monkeypatch):
+    """A skipped update leaves weights, optimizer state and schedule as they were; the next update is
+    the 3rd step, on the next batch."""
+    import copy
+
+    from tiekd.schedule import lr_at
     from tiekd.trainer import Trainer
 
     trainer = Trainer(small_config(prepared, tmp_path / "run", max_updates=6, valid_every=100, valid_bleu=False,
                                    on_nonfinite="skip"), quiet=True)
-    calls = {"n": 0}
+    calls = []
     original = trainer._update
 
+    def snapshot():
+        return {"weights": {k: v.clone() for k, v in trainer.student.state_dict().items()},
+                "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+                "scheduler": trainer.scheduler.state_dict(), "lr": trainer.optimizer.param_groups[0]["lr"],
+                "state": dict(trainer.state)}
+
     def sometimes_bad(order):
-        calls["n"] += 1
+        calls.append(snapshot())
+        assert all(p.grad is None for p in trainer.student.parameters())  # nothing left from a skipped update
         result = original(order)
-        if calls["n"] == 3:
+        if len(calls) == 3:
             result["finite"] = False
         return result
 
     monkeypatch.setattr(trainer, "_update", sometimes_bad)
     summary = trainer.fit()
-    assert summary["skipped_nonfinite"] == 1 and summary["step"] == 6
+    assert summary["skipped_nonfinite"] == 1 and summary["step"] == 6 and len(calls) == 7
+    before, after = calls[2], calls[3]  # around the skipped 3rd update
+    assert all(torch.equal(before["weights"][k], after["weights"][k]) for k in before["weights"])
+    assert not all(torch.equal(calls[1]["weights"][k], before["weights"][k]) for k in before["weights"])
+    assert before["scheduler"] == after["scheduler"] and before["lr"] == after["lr"]
+    opt_before, opt_after = before["optimizer"]["state"], after["optimizer"]["state"]
+    assert opt_before.keys() == opt_after.keys() and len(opt_before) > 10
+    for index, slots in opt_before.items():
+        assert all(torch.equal(slots[name], opt_after[index][name]) for name in slots), index
+    assert after["state"]["step"] == before["state"]["step"] == 2
+    assert after["state"]["update_in_epoch"] == before["state"]["update_in_epoch"] + 1  # the bad batch is passed over
+    config = trainer.config
+    records = [r for r in read_metrics(tmp_path / "run")]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # the schedule counts real updates only
+    assert [r["lr"] for r in records] == pytest.approx(
+        [lr_at(s, config.lr, config.warmup_updates, config.warmup_init_lr) for s in range(1, 7)], rel=1e-12)
+
+
+def test_best_checkpoint_and_keep_last_pruning(prepared, tmp_path, monkeypatch):
+    """`best` is the checkpoint of the best validation (highest BLEU, or without BLEU the lowest loss);
+    only the newest `keep_last` step checkpoints stay."""
+    from safetensors.torch import load_file
+
+    from tiekd.trainer import Trainer
+
+    for kind, values in (("bleu", [10.0, 30.0, 20.0, 25.0]), ("loss", [3.0, 2.0, 2.5, 2.2])):
+        scores = iter(values)
+        weights = {}
+
+        def scripted_validation(self):
+            weights[self.state["step"]] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            value = next(scores)
+            return {"kind": "valid", "step": self.state["step"], "loss": value if kind == "loss" else 1.0,
+                    **({"bleu": value} if kind == "bleu" else {})}
+
+        monkeypatch.setattr(Trainer, "validate", scripted_validation)
+        out = tmp_path / kind
+        summary = Trainer(small_config(prepared, out, max_updates=20, valid_every=5, keep_last=2), quiet=True).fit()
+        assert summary["best_step"] == 10 and summary["best_score"] == (30.0 if kind == "bleu" else -2.0)
+        assert [r["best"] for r in read_metrics(out, "valid")] == [True, True, False, False]
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "step_0000015", "step_0000020"]
+        best = out / "checkpoints" / "best"
+        assert torch.load(best / "trainer_state.pt", weights_only=False)["step"] == 10
+        saved = load_file(str(best / "model.safetensors"))
+        assert all(torch.equal(saved[k], weights[10][k]) for k in saved)
+        assert not all(torch.equal(saved[k], weights[20][k]) for k in saved)
+
+
+def test_prune_keeps_the_newest_steps_by_number(tmp_path):
+    from tiekd.checkpoint import prune_step_checkpoints
+
+    for name in ("step_5", "step_40", "step_100", "best", "notes"):
+        (tmp_path / name).mkdir()
+    prune_step_checkpoints(tmp_path, keep_last=0)  # 0 keeps every checkpoint
+    assert len(list(tmp_path.iterdir())) == 5
+    prune_step_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "notes", "step_100", "step_40"]
+
+
+def test_max_epochs_runs_whole_epochs(prepared, tmp_path, monkeypatch):
+    """`--max-epochs 2`: every batch once per epoch, records and validations at the epoch boundaries, and
+    the decaying schedule's last update is the last of the 2nd epoch."""
+    import yaml
+
+    from tiekd import batching
+    from tiekd.cli import main
+    from tiekd.data.prepare import load_prepared
+    from tiekd.tokenizer import load_tokenizer
+    from tiekd.trainer import Trainer
+
+    seen = []  # (epoch, batch) of every update
+    original = Trainer._update
+
+    def recording(self, order):
+        seen.append((self.state["epoch"], order[self.state["update_in_epoch"]]))
+        return original(self, order)
+
+    monkeypatch.setattr(Trainer, "_update", recording)
+    values = small_config(prepared, tmp_path / "run", max_tokens=4096, valid_bleu=False, valid_every=1000,
+                          warmup_updates=2, lr_schedule="cosine", min_lr=1e-4).to_dict()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(values))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--max-updates", "0", "--max-epochs", "2",
+                 "--valid-each-epoch"]) == 0
+    data = load_prepared(prepared)
+    n = len(batching.make_batches(batching.encode_pair_files(load_tokenizer(data.tokenizer_dir), *data.splits["train"]),
+                                  4096))  # batches in one epoch
+    assert n >= 4 and len(seen) == 2 * n
+    assert [batch for epoch, batch in seen if epoch == 0] == batching.epoch_order(n, values["seed"], 0)
+    assert sorted(batch for epoch, batch in seen if epoch == 1) == list(range(n))
+    train = read_metrics(out)
+    assert [r["step"] for r in train] == list(range(1, 2 * n + 1))
+    assert [r["epoch"] for r in train] == [1] * n + [2] * n
+    assert [(r["step"], r["epochs_completed"]) for r in read_metrics(out, "valid")] == [(n, 1), (2 * n, 2)]
+    assert train[-1]["lr"] == pytest.approx(1e-4, rel=1e-9)  # the cosine reaches min_lr at the 2nd epoch's end
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["step"], summary["epoch"]) == (2 * n, 2)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", f"step_{n:07d}", f"step_{2 * n:07d}"]
+
+
+def test_each_epoch_has_its_own_order_and_resumes_across_the_boundary(prepared, tmp_path, monkeypatch):
+    from tiekd import batching
+    from tiekd.trainer import Trainer, run_training
+
+    seen = []  # (run, epoch, batch) of every update
+    original = Trainer._update
+
+    def recording(self, order):
+        seen.append((self.out.name, self.state["epoch"], order[self.state["update_in_epoch"]]))
+        return original(self, order)
+
+    monkeypatch.setattr(Trainer, "_update", recording)
+    options = dict(max_updates=0, max_tokens=4096, valid_bleu=False, valid_every=1000)
+    run_training(small_config(prepared, tmp_path / "straight", max_epochs=2, **options), quiet=True)
+    run_training(small_config(prepared, tmp_path / "split", max_epochs=1, **options), quiet=True)
+    run_training(small_config(prepared, tmp_path / "split", max_epochs=2, **options), resume=True, quiet=True)
+    second_epoch = {run: [b for r, epoch, b in seen if r == run and epoch == 1] for run in ("straight", "split")}
+    n = len(second_epoch["split"])
+    assert second_epoch["split"] == batching.epoch_order(n, 7, 1)  # the resumed run: epoch 1's own order
+    assert second_epoch["straight"] == second_epoch["split"]  # and so the uninterrupted run
+    losses = {run: [r["loss"] for r in read_metrics(tmp_path / run)] for run in ("straight", "split")}
+    assert losses["straight"] == losses["split"]

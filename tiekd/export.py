@@ -7,8 +7,10 @@ Parity with Hugging Face decoding: CTranslate2's Marian loader drops `<pad>` (ou
 vocabulary and starts the decoder from a zero embedding, which equals our models' decoder start because
 `tiekd.models` keeps the `<pad>` embedding row at zero. Both libraries rank beam hypotheses by
 log-probability / length**length_penalty, and CTranslate2's default patience 1 is `generate`'s
-`early_stopping=True`, so greedy and beam translations match `model.generate` exactly
-(tests/test_export.py), up to two differences in defaults:
+`early_stopping=True`. Greedy translations match `model.generate` exactly (tests/test_export.py); beam
+translations match up to near-ties, because CTranslate2 normalises its probabilities without `<pad>`
+while `generate` masks `<pad>` after the softmax, which moves a hypothesis's score by up to ~0.04 (one
+test sentence in 200 got another beam output here). Two defaults differ as well:
 - CTranslate2 forbids an empty translation unless `min_decoding_length=0`; `generate` allows it, so
   `CTranslate2Translator.translate` passes 0 by default (`min_length`).
 - `generate` with `forced_eos_token_id` (set by `tiekd.models`) turns the last token allowed by

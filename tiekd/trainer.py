@@ -482,8 +482,9 @@ class Trainer:
         interrupted = False
         try:
             while not self._done():
-                order = batching.epoch_order(len(self.batches), config.seed, self.state["epoch"])
-                while self.state["update_in_epoch"] < per_epoch and not self._done():
+                epoch = self.state["epoch"]
+                order = batching.epoch_order(len(self.batches), config.seed, epoch)  # a new order every epoch
+                while self.state["epoch"] == epoch and not self._done():
                     wall, cpu = time.perf_counter(), time.process_time()
                     result = self._update(order)
                     self.state["update_in_epoch"] += 1
