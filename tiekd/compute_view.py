@@ -57,22 +57,28 @@ def bleu_within(curve: list[tuple[float, float]], budget: float) -> float | None
     return reached[-1] if reached else None
 
 
-def equal_compute_rows(rows: list[dict], budgets: list[float]) -> list[dict]:
-    """One line per (name, size): mean over seeds of the BLEU within each budget, and total core-hours."""
+def run_curves(rows: list[dict]) -> list[tuple[dict, list[tuple[float, float]]]]:
+    """(row, validation curve) for each experiment row whose run logged its compute."""
+    curves = [(row, validation_curve(Path(row["folder"]) / "run")) for row in rows]
+    return [(row, curve) for row, curve in curves if curve]
+
+
+def equal_compute_rows(curves: list[tuple[dict, list]], budgets: list[float] | None = None) -> list[dict]:
+    """One line per (name, size): mean over seeds of the BLEU within each budget (default:
+    `default_budgets` of the rows' own totals), and total core-hours."""
     groups: dict[tuple[str, str], list[list[tuple[float, float]]]] = {}
-    for row in rows:
-        curve = validation_curve(Path(row["folder"]) / "run")
-        if curve:
-            groups.setdefault((row["name"], row["size"]), []).append(curve)
-    lines = []
-    for (name, size), curves in groups.items():
-        line = {"name": name, "size": size, "seeds": len(curves),
-                "core_hours": statistics.fmean(c[-1][0] for c in curves),
-                "final_bleu": statistics.fmean(c[-1][1] for c in curves), "within": {}}
-        for budget in budgets:
-            values = [bleu_within(c, budget) for c in curves]
-            line["within"][budget] = statistics.fmean(values) if all(v is not None for v in values) else None
-        lines.append(line)
+    for row, curve in curves:
+        groups.setdefault((row["name"], row["size"]), []).append(curve)
+    lines = [{"name": name, "size": size, "seeds": len(group),
+              "core_hours": statistics.fmean(c[-1][0] for c in group),
+              "final_bleu": statistics.fmean(c[-1][1] for c in group), "curves": group}
+             for (name, size), group in groups.items()]
+    budgets = default_budgets(lines) if budgets is None else budgets
+    for line in lines:
+        group = line.pop("curves")
+        values = {b: [bleu_within(c, b) for c in group] for b in budgets}
+        line["within"] = {b: statistics.fmean(v) if all(x is not None for x in v) else None
+                          for b, v in values.items()}
     return lines
 
 
@@ -94,17 +100,13 @@ def markdown_table(lines: list[dict], budgets: list[float]) -> list[str]:
     return out
 
 
-def plot_curves(rows: list[dict], path: Path) -> bool:
-    """Validation BLEU against core-hours, one line per run, one colour per row name. False if no curves."""
+def plot_curves(curves: list[tuple[dict, list]], path: Path) -> None:
+    """Validation BLEU against core-hours, one line per run, one colour per row name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [(row, validation_curve(Path(row["folder"]) / "run")) for row in rows]
-    curves = [(row, curve) for row, curve in curves if curve]
-    if not curves:
-        return False
     names = list(dict.fromkeys(f"{row['name']} ({row['size']})" for row, _ in curves))
     colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -125,4 +127,3 @@ def plot_curves(rows: list[dict], path: Path) -> bool:
     fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
     atomic_write_bytes(Path(path), image.getvalue())
-    return True

@@ -210,13 +210,14 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
 
 def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
     """Validation BLEU against core-hours (tiekd.compute_view), when the runs logged their compute."""
-    from .compute_view import default_budgets, equal_compute_rows, markdown_table, plot_curves
+    from .compute_view import equal_compute_rows, markdown_table, plot_curves, run_curves
 
-    lines = equal_compute_rows(rows, [])
-    if not lines or not plot_curves(rows, out / "bleu_by_core_hours.png"):
+    curves = run_curves(rows)  # each run's metrics.jsonl is read once, for the table and the plot
+    if not curves:
         return []
-    budgets = default_budgets(lines)
-    lines = equal_compute_rows(rows, budgets)
+    lines = equal_compute_rows(curves)
+    budgets = list(lines[0]["within"])
+    plot_curves(curves, out / "bleu_by_core_hours.png")
     return ["## Equal compute", "",
             "Validation BLEU (greedy, the validation split) each row reaches within a budget of training "
             "CPU core-hours (validation excluded; mean over seeds, the last validation within the budget; "
