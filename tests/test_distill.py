@@ -233,6 +233,7 @@ def test_seq_kd_method_end_to_end(prepared, teacher_dir, tmp_path):
     hyps = (out / "seqkd" / "train.hyp").read_text(encoding="utf-8").splitlines()
     sources, references = map(read_lines, load_prepared(prepared).splits["valid"])
     assert len(hyps) == len(sources) == 100
+    assert (out / "seqkd" / "shards-work" / "teacher-ct2" / "model.bin").is_file()  # CTranslate2 decoded them
     # the training targets are the teacher's translations, not the references
     assert trainer.train_corpus.targets == encode_texts(trainer.tokenizer, hyps)
     assert sum(h != r for h, r in zip(hyps, references)) > 0.9 * len(hyps)

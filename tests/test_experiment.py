@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -127,6 +128,26 @@ def test_two_workers_share_one_experiment_folder(tmp_path, multi30k):
         assert len(steps) == len(set(steps)), stage
     for log in logs:  # each worker waited for the other and wrote the full table
         assert "| TIE-KD |" in log and "| No-KD |" in log
+
+
+def test_a_bad_student_row_fails_before_any_stage_starts(tmp_path, multi30k, capsys):
+    from tiekd.cli import main
+
+    students = TINY["students"] + [{"name": "Top-k", "method": "kd-topk", "options": {"topk": 0, "rankng": False}},
+                                   {"name": "Typo", "method": "word_kd"}]
+    config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k), "students": students,
+                                                  "teacher": {**TINY["teacher"], "lr": -1}})
+    out = tmp_path / "exp"
+    assert main(["experiment", "--config", str(config), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"invalid experiment {config}; nothing was run (4 problems)" in error
+    line = rf"{re.escape(str(config))}:\d+: "
+    assert re.search(line + r"teacher\.lr -1: must be > 0\. Fix: ", error)
+    assert re.search(line + r"students\[3\] \(Top-k\) options\.topk 0: must be >= 1\. Fix: ", error)
+    assert re.search(line + r"students\[3\] \(Top-k\) options: unknown key 'rankng'\. Fix: did you mean 'ranking'\?",
+                     error)
+    assert re.search(line + r"students\[4\] \(Typo\) method 'word_kd': must be one of .*Fix: use 'word-kd'", error)
+    assert "Traceback" not in error and not out.exists()  # no stage started, nothing written
 
 
 def test_every_shipped_preset_parses():

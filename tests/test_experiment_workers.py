@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tiekd.errors import TiekdError
 from tiekd.experiment import ExperimentConfig, Pipeline, claim
 
 
@@ -25,7 +28,7 @@ def test_teacher_free_rows_are_trained_while_the_teacher_is_busy(tmp_path, monke
     assert [name for name, _ in trained] == ["no-kd-micro-seed1"]
     settings = trained[0][1]
     # exactly the settings the row's own stage will use, so that stage resumes the finished run
-    assert settings == pipeline._student_settings(config.students[0], "micro", 1, data, tmp_path / "elsewhere")
+    assert settings == config.student_settings(config.students[0], "micro", 1, data, tmp_path / "elsewhere")
     assert settings["method"] == "none" and settings["teacher"] == "" and settings["seed"] == 1
 
     # a finished stage is skipped
@@ -41,7 +44,7 @@ def test_student_settings_may_change_until_a_student_finishes(tmp_path):
 
     from tiekd.errors import TiekdError
 
-    values = {"name": "t", "teacher": {"model": "micro"}, "student": {"max_updates": 2},
+    values = {"name": "t", "teacher": {"model": "micro", "max_updates": 2}, "student": {"max_updates": 2},
               "students": [{"name": "No-KD", "method": "none"}]}
     Pipeline(ExperimentConfig.from_dict(values, source="a"), tmp_path)
     changed = {**values, "student": {"max_updates": 3}}
@@ -51,4 +54,25 @@ def test_student_settings_may_change_until_a_student_finishes(tmp_path):
     with pytest.raises(TiekdError, match="student"):
         Pipeline(ExperimentConfig.from_dict({**values, "student": {"max_updates": 4}}, source="c"), tmp_path)
     with pytest.raises(TiekdError, match="teacher"):
-        Pipeline(ExperimentConfig.from_dict({**changed, "teacher": {"model": "tiny"}}, source="d"), tmp_path)
+        Pipeline(ExperimentConfig.from_dict({**changed, "teacher": {"model": "tiny", "max_updates": 2}}, source="d"),
+                 tmp_path)
+
+
+def test_seeds_first_order_trains_every_rows_first_seed_before_any_second(tmp_path):
+    rows = [{"name": "No-KD", "method": "none", "seeds": [1, 2, 3]},
+            {"name": "Word-KD", "method": "word-kd", "seeds": [1, 2]},
+            {"name": "Seq-KD", "method": "seq-kd"}]
+    base = {"teacher": {"max_updates": 10}, "student": {"max_updates": 10}, "student_sizes": ["micro"],
+            "students": rows, "seeds": [7]}
+    by_rows = ExperimentConfig.from_dict(base, source="x.yaml")
+    by_seeds = ExperimentConfig.from_dict({**base, "run_order": "seeds"}, source="x.yaml")
+    runs = by_rows.student_runs()
+    assert by_seeds.student_runs() == runs  # the table's order does not change
+    named = lambda config: [(runs[i][0].name, runs[i][2]) for i in config.training_order()]
+    assert named(by_rows) == [("No-KD", 1), ("No-KD", 2), ("No-KD", 3), ("Word-KD", 1), ("Word-KD", 2), ("Seq-KD", 7)]
+    assert named(by_seeds) == [("No-KD", 1), ("Word-KD", 1), ("Seq-KD", 7), ("No-KD", 2), ("Word-KD", 2), ("No-KD", 3)]
+    # the order may change in a running experiment: it changes no result
+    Pipeline(by_rows, tmp_path / "exp")
+    Pipeline(by_seeds, tmp_path / "exp")
+    with pytest.raises(TiekdError, match="run_order 'random': must be rows or seeds"):
+        ExperimentConfig.from_dict({**base, "run_order": "random"}, source="x.yaml")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -384,3 +385,60 @@ def test_translate_refuses_a_folder_that_is_not_a_model(prepared, tmp_path, caps
     assert not output.exists()
     with pytest.raises(TiekdError, match="not a model folder"):
         main(["--debug", "translate", "--model", str(folder), "-i", str(source), "-o", str(output)])
+
+
+# ----------------------------------------------------------------------------- 4. a full disk
+def test_a_full_disk_is_a_clear_error_that_keeps_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):
+    """The file system fills up while step 4's checkpoint is written (the trainer state, its last
+    file): the error names the folder, the space it needs, the free space and the last good
+    checkpoint; the partial folder is gone; once space is back, --resume finishes the run."""
+    import errno
+
+    from tiekd.trainer import run_training
+
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(obj, path, *args, **kwargs):
+        if "step_0000004" in str(path):
+            Path(path).write_bytes(b"\0" * 1000)  # a part of the file got written before the space ran out
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_is_full)
+    run = tmp_path / "run"
+    config = small_config(prepared, run, max_updates=6, save_every=2, valid_every=6, valid_bleu=False)
+    with pytest.raises(TiekdError) as caught:
+        run_training(config, quiet=True)
+    message = str(caught.value)
+    ckpts = run / "checkpoints"
+    assert "step_0000004: no space left" in message
+    assert re.search(r"needs about \d+\.\d MB and \d+\.\d MB are free", message)
+    assert f"last good checkpoint is {ckpts / 'step_0000002'}" in message and "--resume" in message
+    assert [s for s, _ in checkpoint.step_checkpoints(ckpts)] == [2]
+    assert checkpoint.verify_checkpoint(ckpts / "step_0000002") is None
+    assert not [p for p in ckpts.iterdir() if p.name.startswith(".")]  # no partial folder left behind
+
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)  # space is free again
+    summary = run_training(config, resume=True, quiet=True)
+    assert summary["step"] == 6
+    assert [s for s, _ in checkpoint.step_checkpoints(ckpts)] == [2, 4, 6]
+
+
+def test_other_write_errors_are_not_called_a_full_disk(prepared, tmp_path, monkeypatch):
+    import errno
+
+    def read_only(obj, path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(checkpoint.torch, "save", read_only)
+    with pytest.raises(OSError, match="Read-only") as caught:
+        checkpoint.save_checkpoint(tmp_path / "ckpts" / "step_0000001", _Unsaved(), _Unsaved(), {"step": 1})
+    assert not isinstance(caught.value, TiekdError)
+    assert not list((tmp_path / "ckpts").iterdir())  # the partial folder is removed here too
+
+
+class _Unsaved:
+    """A model/tokenizer stand-in whose save_pretrained writes one small file."""
+
+    def save_pretrained(self, folder):
+        (Path(folder) / f"{id(self)}.json").write_text("{}")

@@ -127,7 +127,7 @@ def test_resume_gives_the_same_losses_and_parameters(prepared, tmp_path):
     run_training(small_config(prepared, split, max_updates=16, valid_every=8, dropout=0.1), quiet=True)
     # continue the same run further (extending max_updates is allowed on resume)
     trainer = Trainer(small_config(prepared, split, max_updates=24, valid_every=8, dropout=0.1), resume=True, quiet=True)
-    assert trainer.state["step"] == 16
+    assert trainer.state.step == 16
     trainer.fit()
     assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(straight)]
     a = torch.load(straight / "checkpoints" / "step_0000024" / "trainer_state.pt", weights_only=False)
@@ -138,6 +138,56 @@ def test_resume_gives_the_same_losses_and_parameters(prepared, tmp_path):
     wa = load_file(str(straight / "checkpoints" / "step_0000024" / "model.safetensors"))
     wb = load_file(str(split / "checkpoints" / "step_0000024" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_stopped_between_log_lines_logs_the_same_losses_after_resume(prepared, tmp_path, monkeypatch):
+    """The train-loss window (loss and token sums since the last log line) is saved in checkpoints: a
+    run with log_every 4, stopped by SIGTERM after update 6 and resumed, logs at update 8 the mean over
+    updates 5-8, as an uninterrupted run does, not over 7-8 only."""
+    import signal
+
+    from tiekd.trainer import Trainer, run_training
+
+    options = dict(max_updates=12, log_every=4, valid_every=100, valid_bleu=False, dropout=0.1)
+    straight = tmp_path / "straight"
+    run_training(small_config(prepared, straight, **options), quiet=True)
+
+    split = tmp_path / "split"
+    trainer = Trainer(small_config(prepared, split, **options), quiet=True)
+    original, calls = trainer._update, []
+
+    def signalled_during_the_6th_update(order):
+        calls.append(order)
+        if len(calls) == 6:
+            signal.raise_signal(signal.SIGTERM)  # the trainer's handler: stop after this update
+        return original(order)
+
+    monkeypatch.setattr(trainer, "_update", signalled_during_the_6th_update)
+    summary = trainer.fit()
+    assert summary["interrupted"] and summary["step"] == 6
+    assert [r["step"] for r in read_metrics(split)] == [4]
+
+    run_training(small_config(prepared, split, **options), resume=True, quiet=True)
+    resumed, uninterrupted = read_metrics(split), read_metrics(straight)
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted] == [4, 8, 12]
+    for a, b in zip(resumed, uninterrupted):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+
+
+def test_a_checkpoint_from_before_saved_windows_resumes_with_an_empty_window():
+    from tiekd.training.state import LossWindow, TrainingState
+
+    old = {"step": 1200, "epoch": 8, "update_in_epoch": 128, "best_score": 33.1, "best_step": 1200,
+           "skipped_nonfinite": 0, "train_seconds": 1791.9, "optimizer": {}, "optimizer_layout": "ids"}
+    state = TrainingState.from_dict(old)
+    assert (state.step, state.epoch, state.update_in_epoch, state.best_score) == (1200, 8, 128, 33.1)
+    assert state.target_tokens_seen == 0 and state.train_core_seconds == 0.0  # keys it did not have yet
+    assert state.loss_window.to_dict() == LossWindow().to_dict() == {"loss": 0.0, "tokens": 0, "parts": {}}
+    window = LossWindow()
+    window.add(6.0, ["ce", "kd"], [2.0, 4.0], tokens=3)
+    state.loss_window = window
+    again = TrainingState.from_dict(state.to_dict())
+    assert again.to_dict() == state.to_dict() and again.loss_window.parts == {"ce": 2.0, "kd": 4.0}
 
 
 def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_update(prepared, tmp_path):
@@ -246,7 +296,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prep
     original = trainer._update
 
     def poisoned(order):
-        if trainer.state["step"] == 7:  # the 8th update produces NaN gradients
+        if trainer.state.step == 7:  # the 8th update produces NaN gradients
             for p in trainer.student.parameters():
                 p.data[...] = float("nan") if p.dim() == 2 and p.shape[0] == p.shape[1] else p.data
         return original(order)
@@ -274,7 +324,7 @@ def test_nonfinite_updates_can_be_skipped_and_counted(prepared, tmp_path, monkey
         return {"weights": {k: v.clone() for k, v in trainer.student.state_dict().items()},
                 "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
                 "scheduler": trainer.scheduler.state_dict(), "lr": trainer.optimizer.param_groups[0]["lr"],
-                "state": dict(trainer.state)}
+                "state": trainer.state.to_dict()}
 
     def sometimes_bad(order):
         calls.append(snapshot())
@@ -316,9 +366,9 @@ def test_best_checkpoint_and_keep_last_pruning(prepared, tmp_path, monkeypatch):
         weights = {}
 
         def scripted_validation(self):
-            weights[self.state["step"]] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            weights[self.state.step] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
             value = next(scores)
-            return {"kind": "valid", "step": self.state["step"], "loss": value if kind == "loss" else 1.0,
+            return {"kind": "valid", "step": self.state.step, "loss": value if kind == "loss" else 1.0,
                     **({"bleu": value} if kind == "bleu" else {})}
 
         monkeypatch.setattr(Trainer, "validate", scripted_validation)
@@ -360,7 +410,7 @@ def test_max_epochs_runs_whole_epochs(prepared, tmp_path, monkeypatch):
     original = Trainer._update
 
     def recording(self, order):
-        seen.append((self.state["epoch"], order[self.state["update_in_epoch"]]))
+        seen.append((self.state.epoch, order[self.state.update_in_epoch]))
         return original(self, order)
 
     monkeypatch.setattr(Trainer, "_update", recording)
@@ -395,7 +445,7 @@ def test_each_epoch_has_its_own_order_and_resumes_across_the_boundary(prepared, 
     original = Trainer._update
 
     def recording(self, order):
-        seen.append((self.out.name, self.state["epoch"], order[self.state["update_in_epoch"]]))
+        seen.append((self.out.name, self.state.epoch, order[self.state.update_in_epoch]))
         return original(self, order)
 
     monkeypatch.setattr(Trainer, "_update", recording)
@@ -409,3 +459,14 @@ def test_each_epoch_has_its_own_order_and_resumes_across_the_boundary(prepared, 
     assert second_epoch["straight"] == second_epoch["split"]  # and so the uninterrupted run
     losses = {run: [r["loss"] for r in read_metrics(tmp_path / run)] for run in ("straight", "split")}
     assert losses["straight"] == losses["split"]
+
+
+def test_importing_tiekd_leaves_transformers_logging_alone():
+    """Only the command line quiets transformers; a library import must not change a user's logging."""
+    import subprocess
+    import sys
+
+    code = ("from transformers.utils import logging as l; before = l.get_verbosity(); "
+            "import tiekd, tiekd.trainer, tiekd.experiment; assert l.get_verbosity() == before; "
+            "assert l.is_progress_bar_enabled()")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,6 +8,7 @@ one update are dealt out over ranks and accumulation steps (see `update_batches`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +118,12 @@ def update_batches(batch_ids: list[int], update_index_in_epoch: int, world_size:
     start = update_index_in_epoch * per_update
     chunk = batch_ids[start:start + per_update]
     return [(b, k % world_size == rank) for k, b in enumerate(chunk)]
+
+
+def updates_per_epoch(num_batches: int, world_size: int, update_freq: int) -> int:
+    """Updates in one epoch of `num_batches` batches. One process takes a short last update; several
+    drop the epoch's last batches instead, since every rank must take part in every update."""
+    per_update = world_size * update_freq
+    if world_size > 1:
+        return num_batches // per_update
+    return math.ceil(num_batches / per_update)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import sys
 import typing
@@ -25,38 +26,50 @@ from .errors import TiekdError
 
 
 def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
-    from .config import KD_METHODS, RunConfig, fields_help
+    """One flag per RunConfig field (`tiekd train` leaves out the distill-only ones), typed from its
+    annotation and documented by its metadata. Every default is None, so that only the flags given
+    override `--config FILE` (the dataclass supplies the real defaults, shown in the help)."""
+    from .config import RunConfig, field_types, flag_name
 
-    helps = fields_help()
     parser.add_argument("--config", help="YAML file of run settings (command-line flags override it)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last good checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    hints = typing.get_type_hints(RunConfig)
+    types = field_types()
     for field in dataclasses.fields(RunConfig):
-        if not distill and field.name in ("method", "teacher", "kd_alpha", "topk", "iterative_passes", "init_from_teacher",
-                                          "iterative_start_update", "ranking", "kd_temperature", "jsd_beta",
-                                          "skew_alpha", "on_policy_lambda", "on_policy_divergence",
-                                          "on_policy_sampling",
-                                          "selective_ratio", "seq_kd_targets", "seq_kd_beam"):
+        if field.metadata["distill_only"] and not distill:
             continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        text = helps.get(field.name, "") + f" (default: {field.default})"
+        kind = types[field.name]
+        options = {"dest": field.name, "default": None, "help": _field_help(field)}
         if kind is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif field.name == "adam_betas":
-            parser.add_argument(flag, dest=field.name, type=float, nargs=2, default=None, help=text)
-        elif field.name == "method":
-            parser.add_argument(flag, dest=field.name, choices=KD_METHODS, default=None, help=text)
-        else:
-            base = {"int": int, "float": float}.get(getattr(kind, "__name__", ""), None)
-            if base is None:
-                base = float if "float" in str(kind) else (int if "int" in str(kind) else str)
-            parser.add_argument(flag, dest=field.name, type=base, default=None, help=text)
+            options["action"] = argparse.BooleanOptionalAction  # --valid-bleu / --no-valid-bleu
+        elif typing.get_origin(kind) is tuple:  # e.g. --adam-betas 0.9 0.98
+            options.update(type=typing.get_args(kind)[0], nargs=len(typing.get_args(kind)))
+        else:  # int, float, str, or one of them | None
+            options["type"] = next(t for t in (int, float, str) if kind is t or t in typing.get_args(kind))
+        parser.add_argument(flag_name(field.name), **options)
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
+def _field_help(field: dataclasses.Field) -> str:
+    """The field's help, then its allowed values and default: "peak learning rate (> 0; default: 0.0007)"."""
+    from .config_fields import Bounds
+
+    meta = field.metadata
+    allowed = None
+    if meta["bounds"]:
+        allowed = Bounds.parse(meta["bounds"]).describe()
+    elif meta["choices"]:
+        allowed = "one of " + ", ".join(meta["choices"])
+    elif meta["pattern"]:
+        allowed = meta["pattern"][1]
+    notes = ([allowed] if allowed else []) + ([f"default: {field.default}"] if field.default != "" else [])
+    # argparse formats help with %-style placeholders: a literal % must be doubled
+    return f"{meta['help']} ({'; '.join(notes)})".replace("%", "%%")
+
+
 def _run_config_from_args(args: argparse.Namespace):
+    """The RunConfig of `--config FILE` (or, with --resume, the run's saved config.yaml) with the flags
+    given on top; errors name each key as the user wrote it (a flag, or the file's line)."""
     from .config import RunConfig, load_config_file
 
     values = load_config_file(args.config) if args.config else {}
@@ -66,11 +79,13 @@ def _run_config_from_args(args: argparse.Namespace):
         if saved.is_file():
             values = load_config_file(saved)
             source = str(saved)
-    for field in dataclasses.fields(RunConfig):
-        value = getattr(args, field.name, None)
-        if value is not None:
-            values[field.name] = value
-    config = RunConfig.from_dict(values, source=source)
+    from_file = set(values)
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(RunConfig)
+             if getattr(args, field.name, None) is not None}
+    values.update(given)
+    # a key is named as a flag when it came from one, or from nowhere (a default) and this command has the flag
+    flags = set(given) | {f.name for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)} - from_file
+    config = RunConfig.from_dict(values, source=source, flags=flags)
     missing = [name for name in ("data", "out") if not getattr(config, name)]
     if missing:
         raise TiekdError(f"missing {', '.join('--' + m for m in missing)}. Fix: name the prepared data "
@@ -87,6 +102,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         raise TiekdError(f"tiekd distill needs --method ({', '.join(m for m in KD_METHODS if m != 'none')}). "
                          "Fix: pass --method, or use `tiekd train` for no KD")
+    if not config.max_updates and not config.max_epochs:  # the trainer refuses it too, but after writing --out
+        raise TiekdError("neither max_updates nor max_epochs is set. Fix: pass --max-updates or --max-epochs")
     summary = run_training(config, resume=args.resume, overwrite=args.overwrite)
     return 0 if summary else 1
 
@@ -169,21 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
     p.set_defaults(func=run_export)
 
-    for name, module in (("analyze", "analysis"), ("experiment", "experiment")):
-        try:
-            mod = __import__(f"tiekd.{module}", fromlist=["add_arguments", "run"])
-        except ImportError:
-            continue
-        p = sub.add_parser(name, help=mod.__doc__.splitlines()[0] if mod.__doc__ else name)
-        mod.add_arguments(p)
-        p.set_defaults(func=mod.run)
+    # imported directly: a module that fails to import is a broken install, reported as such, never a
+    # command that silently goes missing from the list
+    from . import analysis, distilled_data, experiment
+
+    for name, module, help_text in (
+            ("analyze", analysis, None),
+            ("experiment", experiment, None),
+            ("distill-data", distilled_data, "the teacher translates training or monolingual sources into "
+                                             "targets for sequence-level KD (CTranslate2, n-best, chrF selection)")):
+        p = sub.add_parser(name, help=help_text or module.__doc__.splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
+
+
+def _quiet_transformers() -> None:
+    """Silence transformers' per-save progress bars and advisory warnings, which would bury tiekd's own
+    progress output. Only the command line does this: importing tiekd as a library changes no one's logging."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_transformers()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -192,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"tiekd: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if debug or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk outside a checkpoint (those say more: tiekd.checkpoint): name the file and the fix
+        print(f"tiekd: error: {error.filename or 'a file'}: no space left on the file system ({error.strerror}). "
+              "Fix: free space there, then run the command again (training continues with --resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tiekd: interrupted", file=sys.stderr)

@@ -117,9 +117,19 @@ def corpus_statistics(hypotheses: list[str], references: list[str], metric: str 
     chrf (k = 18): (hyp, ref, match) counts for character 1..6-grams.
     """
     _check_lists({"hypotheses": hypotheses, "references": references})
-    # sacreBLEU's own per-segment extraction (the one its significance tests use); its output layout is
-    # checked against sacreBLEU's corpus scores in tests/test_evaluate.py.
-    stats = _metric(metric)._extract_corpus_statistics(hypotheses, [references])
+    scorer = _metric(metric)
+    if metric == "bleu":
+        # public API: a sentence's BLEUScore carries its lengths and n-gram counts
+        scorer = type(scorer)(effective_order=True)  # the counts are the same; this only quiets a warning
+        rows = []
+        for hypothesis, reference in zip(hypotheses, references):
+            sentence = scorer.sentence_score(hypothesis, [reference])
+            rows.append([sentence.sys_len, sentence.ref_len, *sentence.counts, *sentence.totals])
+        return np.asarray(rows, dtype=np.float64).reshape(len(hypotheses), 10)
+    # chrF's sentence scores do not expose their counts, so this one uses sacreBLEU's own per-segment
+    # extraction (the one its significance tests use); tests/test_evaluate.py checks its layout against
+    # sacreBLEU's corpus scores, so a change in a new sacreBLEU version fails there, not silently
+    stats = scorer._extract_corpus_statistics(hypotheses, [references])
     return np.asarray(stats, dtype=np.float64)
 
 

@@ -5,6 +5,8 @@ prepare -> teacher (train, average, translate, score) -> students (method x size
 average, translate, score, analyze) -> significance (paired bootstrap vs No-KD and Word-KD) -> report
 (results.md, results.csv, plots). Rerunning skips finished stages; an interrupted training stage
 resumes from its last checkpoint; a stage finished under different settings is refused, never mixed.
+Every run's settings (the teacher and each student row) are checked when the experiment is read,
+before any stage starts (`experiment_checks`).
 
 Several workers may share one experiment folder (e.g. one per core or per GPU, each started with the
 same command): a stage is claimed with an exclusive `flock` on a file in `.locks/`, so each student is
@@ -22,6 +24,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,7 @@ import yaml
 
 from .errors import TiekdError
 from .io import atomic_write_json
+from .translate import MAX_DECODE_LENGTH
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -61,11 +65,14 @@ class ExperimentConfig:
     student_sizes: list[str] = field(default_factory=lambda: ["small"])
     students: list[StudentSpec] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [1])
+    # order in which workers train the students: "rows" (each row's seeds in turn) or "seeds" (every row's
+    # first seed before any row's second, so that a table still running covers every method early)
+    run_order: str = "rows"
     average_last: int = 5
     test_sets: list[str] = field(default_factory=lambda: ["test_2016_flickr"])
     beam: int = 4
     length_penalty: float = 0.6
-    max_decode_length: int = 200      # generated tokens at most (Multi30k targets are < 100)
+    max_decode_length: int = MAX_DECODE_LENGTH  # generated tokens at most (Multi30k targets are < 100)
     test_max_sentences: int = 0       # translate only the first N sentences of each test set (0: all; for tests)
     analyze_sentences: int = 500      # validation pairs used for top-1 agreement (0: all)
     bootstrap_resamples: int = 1000
@@ -78,15 +85,48 @@ class ExperimentConfig:
             raise TiekdError(f"{source}: unknown key(s) {', '.join(unknown)}. Fix: use only {', '.join(valid)}")
         values = dict(values)
         students = []
-        for i, spec in enumerate(values.pop("students", [])):
+        for i, spec in enumerate(values.pop("students", None) or []):
             try:
                 students.append(StudentSpec(**spec))
             except TypeError as exc:
                 raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes, seeds") from exc
-        return cls(students=students, **values)
+        config = cls(students=students, **values)
+        from .experiment_checks import check_experiment
+
+        check_experiment(config, source)  # every run's settings, before any stage starts
+        return config
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def teacher_settings(self, data: Path | str) -> dict:
+        """The RunConfig settings of the teacher's run (hashed into its stage)."""
+        return {"data": str(data), **self.teacher}
+
+    def student_settings(self, spec: StudentSpec, size: str, seed: int, data: Path | str, teacher: Path | str) -> dict:
+        """The RunConfig settings of one student run (hashed into its stage): the shared `student`
+        settings, the row's options, then what the row itself sets (size, seed, method, teacher)."""
+        settings = {"data": str(data), **self.student, **spec.options, "model": size, "seed": seed,
+                    "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
+        if spec.options.get("seq_kd_targets") and not settings["teacher"]:
+            settings["teacher"] = str(teacher)
+        return settings
+
+    def student_runs(self) -> list[tuple[StudentSpec, str, int]]:
+        """(row, size, seed) of every student run, in the table's order."""
+        return [(spec, size, seed) for spec in self.students for size in spec.sizes or self.student_sizes
+                for seed in spec.seeds or self.seeds]
+
+    def training_order(self) -> list[int]:
+        """Indices into `student_runs()` in the order the workers train them (`run_order`)."""
+        runs = self.student_runs()
+        if self.run_order == "rows":
+            return list(range(len(runs)))
+        # the k-th seed of every row before the (k+1)-th of any; the table's order within each round
+        rank = {}
+        for i, (spec, size, seed) in enumerate(runs):
+            rank[i] = (spec.seeds or self.seeds).index(seed)
+        return sorted(range(len(runs)), key=lambda i: (rank[i], i))
 
 
 def load_experiment_config(preset: str | None, config_path: str | None) -> ExperimentConfig:
@@ -106,7 +146,7 @@ def settings_hash(value) -> str:
 
 
 # Keys that only add or relabel rows: changing them keeps every finished stage valid.
-ROW_KEYS = ("name", "students", "seeds", "student_sizes")
+ROW_KEYS = ("name", "students", "seeds", "student_sizes", "run_order")
 BUSY = object()  # _stage's answer when another worker holds the stage
 
 
@@ -308,14 +348,13 @@ class Pipeline:
             raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
         data = self.out / "data"
 
-        jobs = [(spec, size, seed) for spec in config.students for size in spec.sizes or config.student_sizes
-                for seed in spec.seeds or config.seeds]
+        jobs = config.student_runs()
         teacher_dir = self.out / "teacher"
         if config.teacher_model:
             teacher_model = Path(config.teacher_model)
         else:
             self.log("training the teacher")
-            settings = {"data": str(data), **config.teacher}
+            settings = config.teacher_settings(data)
             train_teacher = lambda: self._train(teacher_dir, settings)
             if self._stage(teacher_dir, {"train": settings}, train_teacher, wait=False) is BUSY:
                 self.log("another worker trains the teacher; meanwhile training the students that need none")
@@ -328,11 +367,14 @@ class Pipeline:
                                      lambda: self._evaluate(teacher_model, teacher_dir / "eval", data))
 
         # first pass: every stage no other worker holds; second: wait for the ones that were held
-        results = [self._student(*job, data, teacher_model, wait=False) for job in jobs]
-        for i, job in enumerate(jobs):
+        order = config.training_order()
+        results = [None] * len(jobs)
+        for i in order:
+            results[i] = self._student(*jobs[i], data, teacher_model, wait=False)
+        for i in order:
             if results[i] is BUSY:
-                self.log(f"waiting for another worker to finish {self.slug(*job)}")
-                results[i] = self._student(*job, data, teacher_model, wait=True)
+                self.log(f"waiting for another worker to finish {self.slug(*jobs[i])}")
+                results[i] = self._student(*jobs[i], data, teacher_model, wait=True)
         rows = [row for row in results if row is not None]  # None: not finished (only with --report-only)
         if teacher_scores is None:
             raise TiekdError(f"{self.out}: the teacher is not evaluated yet. Fix: run without --report-only")
@@ -349,13 +391,6 @@ class Pipeline:
     def slug(spec: StudentSpec, size: str, seed: int) -> str:
         return f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
 
-    def _student_settings(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path) -> dict:
-        settings = {"data": str(data), **self.config.student, **spec.options, "model": size, "seed": seed,
-                    "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
-        if spec.options.get("seq_kd_targets") and not settings["teacher"]:
-            settings["teacher"] = str(teacher)
-        return settings
-
     def _pretrain_teacher_free(self, jobs: list, data: Path) -> None:
         """Train (not yet evaluate) the rows that need no teacher, skipping any another worker holds.
 
@@ -371,13 +406,14 @@ class Pipeline:
             with claim(self._lock(str(folder.relative_to(self.out))), wait=False) as held:
                 if held:
                     self.log(f"student {slug}: training it while the teacher trains")
-                    self._train(folder, self._student_settings(spec, size, seed, data, self.out / "teacher" / "model"))
+                    settings = self.config.student_settings(spec, size, seed, data, self.out / "teacher" / "model")
+                    self._train(folder, settings)
 
     def _student(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path, wait: bool = True):
         config = self.config
         slug = self.slug(spec, size, seed)
         folder = self.out / "students" / slug
-        settings = self._student_settings(spec, size, seed, data, teacher)
+        settings = self.config.student_settings(spec, size, seed, data, teacher)
         def work():
             self.log(f"student {slug}: {spec.method}")
             summary = self._train(folder, settings)
@@ -396,9 +432,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick", help="quick (README job, ~8 min on 2 CPU cores), cpu (~4 core-hours), gpu (one GPU)")
     parser.add_argument("--config", help="experiment YAML (overrides --preset); see tiekd/presets/")
     parser.add_argument("--out", required=True, help="experiment folder (rerun the same command to continue)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the tables and plots from the stages finished so far; train nothing")
+
+
+def _device(name: str) -> str:
+    """--device checked as RunConfig checks its device, before any stage starts."""
+    from .config import DEVICE_PATTERN
+
+    if not re.fullmatch(DEVICE_PATTERN[0], name):
+        raise argparse.ArgumentTypeError(f"{name!r}: use {DEVICE_PATTERN[1]}")
+    return name
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,9 +27,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .io import replace_dir
 from .errors import TiekdError
+from .io import replace_dir
 from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
+from .translate import MAX_DECODE_LENGTH
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float32", "float16", "bfloat16")
 
@@ -61,7 +62,10 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        converter = _converter(model_dir)
+        from ctranslate2.converters import TransformersConverter
+        from transformers import AutoModelForSeq2SeqLM
+
+        converter = TransformersConverter(str(model_dir))
         try:
             # force: `convert` refuses existing folders, and ours is the empty temporary one
             converter.convert(str(tmp_dir), quantization=quantization, force=True)
@@ -69,8 +73,11 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
             raise TiekdError(f"{model_dir}: CTranslate2 could not convert the model ({type(exc).__name__}: "
                              f"{exc}). Fix: check that the folder holds a complete Marian/seq2seq model "
                              "whose vocabulary size matches its tokenizer") from exc
-        _warn_if_start_embedding_not_zero(converter.model, model_dir)
-        config = converter.model.config if converter.model is not None else None
+        # loaded again here, through public APIs only, for the start-embedding check and the metadata
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
+        _warn_if_start_embedding_not_zero(model, model_dir)
+        config = model.config
+        del model
         load_tokenizer(model_dir).save_pretrained(str(tmp_dir))
         (tmp_dir / "tiekd_export.json").write_text(json.dumps({
             "source_model": str(model_dir.resolve()), "quantization": quantization,
@@ -82,20 +89,6 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return out_dir
-
-
-def _converter(model_dir: Path):
-    """A TransformersConverter that keeps the model it loads, for the start-embedding check."""
-    from ctranslate2.converters import TransformersConverter
-
-    class ModelKeepingConverter(TransformersConverter):
-        model = None
-
-        def load_model(self, model_class, model_name_or_path, **kwargs):
-            self.model = super().load_model(model_class, model_name_or_path, **kwargs)
-            return self.model
-
-    return ModelKeepingConverter(str(model_dir))
 
 
 def _warn_if_start_embedding_not_zero(model, model_dir: Path) -> None:
@@ -133,10 +126,19 @@ class CTranslate2Translator:
             if info.is_file() else None
 
     def translate(self, sentences: list[str], beam_size: int = 4, length_penalty: float = 0.6,
-                  max_length: int = 256, batch_size: int = 64, min_length: int = 0) -> list[str]:
+                  max_length: int = MAX_DECODE_LENGTH, batch_size: int = 64, min_length: int = 0) -> list[str]:
         """Translate detokenized sentences. `length_penalty` is the exponent of score / length**lp (as
         in `generate`); `max_length` bounds the generated tokens (`</s>` not counted); `min_length` 0
         allows an empty translation as `generate` does."""
+        nbest = self.translate_tokens(sentences, beam_size, length_penalty, max_length, batch_size, min_length)
+        # decode through ids, exactly as Hugging Face outputs are decoded (skip_special_tokens)
+        return [self.tokenizer.decode(self.tokenizer.convert_tokens_to_ids(hyps[0]), skip_special_tokens=True)
+                for hyps in nbest]
+
+    def translate_tokens(self, sentences: list[str], beam_size: int = 4, length_penalty: float = 0.6,
+                         max_length: int = MAX_DECODE_LENGTH, batch_size: int = 64, min_length: int = 0,
+                         num_hypotheses: int = 1) -> list[list[list[str]]]:
+        """The `num_hypotheses` best output token lists of each sentence, best first (options as `translate`)."""
         if not sentences:
             return []
         source_ids = self.tokenizer(sentences).input_ids
@@ -147,12 +149,9 @@ class CTranslate2Translator:
         results = self.translator.translate_batch(
             source_tokens, max_batch_size=batch_size, beam_size=beam_size, length_penalty=length_penalty,
             max_decoding_length=max_length, min_decoding_length=min_length, max_input_length=0 if limit else 1024,
+            num_hypotheses=num_hypotheses,
         )
-        # decode through ids, exactly as Hugging Face outputs are decoded (skip_special_tokens)
-        return [
-            self.tokenizer.decode(self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]), skip_special_tokens=True)
-            for result in results
-        ]
+        return [result.hypotheses for result in results]
 
 
 # ---------------------------------------------------------------------------------------------------

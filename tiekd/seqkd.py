@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .distributed import DistInfo, barrier
 from .io import atomic_write_json, atomic_write_text, read_lines
-from .translate import DecodeOptions, translate_sentences
+from .translate import MAX_DECODE_LENGTH, DecodeOptions, translate_sentences
 
 CHUNK = 1024
 
@@ -32,7 +32,7 @@ def teacher_targets(teacher, tokenizer, source_path: Path, work_dir: Path, beam:
     n_chunks = (len(sources) + chunk_size - 1) // chunk_size
     mine = [c for c in range(n_chunks) if c % dist.world_size == dist.rank]
     todo = [c for c in mine if not (chunks_dir / f"{c:06d}.txt").is_file()]
-    options = DecodeOptions(beam=beam, length_penalty=length_penalty, max_length=200, batch_sentences=128,
+    options = DecodeOptions(beam=beam, length_penalty=length_penalty, max_length=MAX_DECODE_LENGTH, batch_sentences=128,
                             progress=False)
     bar = tqdm(total=len(mine) * chunk_size, initial=(len(mine) - len(todo)) * chunk_size,
                desc="seq-kd: teacher translates", unit="sent", disable=quiet or not dist.is_main)

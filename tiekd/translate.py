@@ -14,11 +14,16 @@ import torch
 from tqdm.auto import tqdm
 
 
+# generated tokens at most, everywhere tiekd decodes (translate, validation, sequence-KD targets, export);
+# Multi30k targets are < 100 tokens, WMT-style ones rarely over 200
+MAX_DECODE_LENGTH = 256
+
+
 @dataclass
 class DecodeOptions:
     beam: int = 4
     length_penalty: float = 0.6
-    max_length: int = 256        # maximum generated tokens
+    max_length: int = MAX_DECODE_LENGTH  # maximum generated tokens
     batch_sentences: int = 64
     progress: bool | None = None  # None: a bar only for long inputs on a terminal
 

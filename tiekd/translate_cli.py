@@ -8,13 +8,15 @@ from pathlib import Path
 
 
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .translate import MAX_DECODE_LENGTH
+
     parser.add_argument("--model", required=True, help="model folder (or a CTranslate2 export with --engine ctranslate2)")
     parser.add_argument("--input", "-i", default="-", help="source file, one sentence a line (default: stdin)")
     parser.add_argument("--output", "-o", default="-", help="output file (default: stdout)")
     parser.add_argument("--beam", type=int, default=4, help="beam size (default 4, the paper's)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (same as --beam 1)")
     parser.add_argument("--lenpen", type=float, default=0.6, help="length penalty exponent (default 0.6)")
-    parser.add_argument("--max-length", type=int, default=256, help="maximum generated tokens")
+    parser.add_argument("--max-length", type=int, default=MAX_DECODE_LENGTH, help="maximum generated tokens")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     parser.add_argument("--engine", choices=("pytorch", "ctranslate2"), default="pytorch")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from ._chunked import chunked_loss
-
-LOG_EPS = 1e-6  # (c) takes the teacher-side log as log(q' + 1e-6), as in the reference code
+from .tie_kd import LOG_EPS  # (c) takes the teacher-side log as log(q' + 1e-6), as the reference code does
 
 
 def _topk_chunk(chunk, gold, need_grad, *, topk):

@@ -13,7 +13,9 @@ from torch import Tensor
 
 from ._chunked import chunked_loss
 
-LOG_EPS = 1e-6  # the reference code takes log(x + 1e-6) of both p and q inside the KL
+# the reference code's log smoothing: TIE-KD's KL takes log(x + 1e-6) of both p and q, and analysis (c)
+# its teacher-side log (losses/analysis.py uses this same constant)
+LOG_EPS = 1e-6
 
 
 def _rank_terms(student_probs, teacher_probs, topk):
