@@ -53,9 +53,9 @@ def degraded(references: list[str], drop: int) -> list[str]:
     return [" ".join(ref.split()[: max(1, len(ref.split()) - drop)]) for ref in references]
 
 
-def test_significance_uses_the_same_size_and_seed_and_skips_ablation_rows(prepared, tmp_path, monkeypatch):
-    """Each row is compared with the No-KD and Word-KD rows of its size and seed; rows named
-    "Ablation ..." or "Analysis ..." are never baselines, even with method none or word-kd."""
+def test_significance_uses_the_marked_baselines_of_the_same_size_and_seed(prepared, tmp_path, monkeypatch):
+    """Each row is compared with the rows marked as baselines, of its size and seed; a row with method none
+    or word-kd that is not marked is never one, and a marked row may join another's column by its label."""
     from functools import partial
 
     import sacrebleu
@@ -69,17 +69,19 @@ def test_significance_uses_the_same_size_and_seed_and_skips_ablation_rows(prepar
     out.mkdir()
     (out / "data").symlink_to(prepared, target_is_directory=True)
     refs = read_lines(load_prepared(prepared).splits["valid"][1])[:40]
-    specs = [("Ablation: long No-KD", "none", 1, "micro"), ("Analysis: top-1 only", "word-kd", 1, "micro"),
-             ("No-KD", "none", 1, "micro"), ("No-KD", "none", 2, "micro"), ("Word-KD", "word-kd", 1, "micro"),
-             ("TIE-KD", "tie-kd", 1, "micro"), ("TIE-KD", "tie-kd", 2, "micro"), ("No-KD", "none", 1, "small"),
-             ("TIE-KD", "tie-kd", 1, "small")]
+    specs = [("Ablation: long No-KD", "none", 1, "micro", None), ("Analysis: top-1 only", "word-kd", 1, "micro", None),
+             ("No-KD", "none", 1, "micro", "No-KD"), ("No-KD", "none", 2, "micro", "No-KD"),
+             ("Word-KD", "word-kd", 1, "micro", "Word-KD"), ("TIE-KD", "tie-kd", 1, "micro", None),
+             ("TIE-KD", "tie-kd", 2, "micro", None), ("Capacity: No-KD", "none", 1, "small", "No-KD"),
+             ("TIE-KD", "tie-kd", 1, "small", None)]
     rows, hyps = [], {}
-    for drop, (name, method, seed, size) in enumerate(specs):  # every system of a different quality
+    for drop, (name, method, seed, size, label) in enumerate(specs):  # every system of a different quality
         folder = tmp_path / f"{name}-{seed}-{size}".replace(" ", "").replace(":", "")
         folder.mkdir()
         hyps[(name, seed, size)] = degraded(refs, drop)
         (folder / "valid.hyp").write_text("".join(h + "\n" for h in hyps[(name, seed, size)]), encoding="utf-8")
-        rows.append({"name": name, "method": method, "seed": seed, "size": size, "folder": str(folder)})
+        rows.append({"name": name, "method": method, "baseline": label, "seed": seed, "size": size,
+                     "folder": str(folder)})
     config = SimpleNamespace(test_sets=["valid"], test_max_sentences=40, bootstrap_resamples=20)
     # which baseline is tested is the point here, not the p-values: fewer randomization trials (default 10,000)
     monkeypatch.setattr(evaluate, "paired_significance", partial(evaluate.paired_significance, trials=200))
@@ -95,8 +97,8 @@ def test_significance_uses_the_same_size_and_seed_and_skips_ablation_rows(prepar
         ("Word-KD", 1, "micro"): {"vs_no_kd": ("No-KD", 1, "micro")},
         ("TIE-KD", 1, "micro"): both,
         ("TIE-KD", 2, "micro"): {"vs_no_kd": ("No-KD", 2, "micro")},
-        ("No-KD", 1, "small"): {},
-        ("TIE-KD", 1, "small"): {"vs_no_kd": ("No-KD", 1, "small")},
+        ("Capacity: No-KD", 1, "small"): {},
+        ("TIE-KD", 1, "small"): {"vs_no_kd": ("Capacity: No-KD", 1, "small")},
     }
     for r in rows:
         key = (r["name"], r["seed"], r["size"])
@@ -106,3 +108,13 @@ def test_significance_uses_the_same_size_and_seed_and_skips_ablation_rows(prepar
             assert r["significance"][test]["diff"] == pytest.approx(bleu[key] - bleu[base], abs=1e-6), (key, test)
             assert 0 < r["significance"][test]["p_value"] <= 1
     assert len(set(round(b, 6) for b in bleu.values())) == len(bleu)
+
+
+def test_baseline_columns_come_from_the_marked_rows():
+    from tiekd.report import baseline_key, baseline_names
+
+    rows = [{"name": "TIE-KD"}, {"name": "Word-KD", "baseline": "Word-KD"}, {"name": "No-KD", "baseline": "No-KD"},
+            {"name": "Capacity: No-KD", "baseline": "No-KD"}, {"name": "JSD", "baseline": None}]
+    assert baseline_names(rows) == ["Word-KD", "No-KD"]
+    assert [baseline_key(n) for n in ("No-KD", "Word-KD", "Seq-KD (beam 4)")] == ["vs_no_kd", "vs_word_kd",
+                                                                                 "vs_seq_kd_beam_4"]

@@ -97,10 +97,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .trainer import run_training
 
     config = _run_config_from_args(args)
-    if args.command == "distill" and config.method == "none" and not args.allow_no_kd:
-        from .config import KD_METHODS
+    from .methods import METHODS
 
-        raise TiekdError(f"tiekd distill needs --method ({', '.join(m for m in KD_METHODS if m != 'none')}). "
+    if args.command == "distill" and not METHODS[config.method].needs_teacher and not args.allow_no_kd:
+        with_teacher = ", ".join(name for name, method in METHODS.items() if method.needs_teacher)
+        raise TiekdError(f"tiekd distill needs --method ({with_teacher}). "
                          "Fix: pass --method, or use `tiekd train` for no KD")
     if not config.max_updates and not config.max_epochs:  # the trainer refuses it too, but after writing --out
         raise TiekdError("neither max_updates nor max_epochs is set. Fix: pass --max-updates or --max-epochs")

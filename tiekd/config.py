@@ -23,12 +23,10 @@ from .config_fields import InvalidConfig, Problem, field_problem, setting, unkno
 from .errors import TiekdError
 from .schedule import SCHEDULES
 
-# word-level divergences between the student p and the teacher q at each position (tiekd.losses)
-DIVERGENCES = ("word-kd", "reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl")
-KD_METHODS = ("none", "word-kd", "seq-kd", "tie-kd", "selective-kd", "kd-top1-only", "kd-without-top1", "kd-topk",
-              "reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl", "on-policy")
-# methods whose KD term is a plain divergence over the full distributions: the temperature applies to them
-TEMPERATURE_METHODS = DIVERGENCES + ("selective-kd", "on-policy")
+from .methods import DIVERGENCES, METHODS, get_method
+
+# every registered method (tiekd/methods.py): a live view, so a method registered later is a valid choice
+KD_METHODS = METHODS.keys()
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 
@@ -104,8 +102,9 @@ class RunConfig:
     selective_ratio: float = setting(0.5, "Selective-KD: share of hardest tokens that get KD", bounds="(0, 1]",
                                      distill_only=True)
     kd_temperature: float = setting(1.0, "T of word-level KD: T^2 * D(q_T, p_T) on logits / T (Hinton et al. "
-                                    "2015); 1 = the paper; other values only for "
-                                    + ", ".join(TEMPERATURE_METHODS), bounds="> 0", distill_only=True)
+                                    "2015); 1 = the paper; other values only for the plain divergences ("
+                                    + ", ".join(name for name, m in METHODS.items() if m.temperature) + ")",
+                                    bounds="> 0", distill_only=True)
     jsd_beta: float = setting(0.5, "beta of the generalized JSD (method jsd, GKD's divergence)", bounds="(0, 1)",
                               distill_only=True)
     skew_alpha: float = setting(0.1, "alpha of skew-kl / skew-reverse-kl (DistiLLM)", bounds="[0, 1)",
@@ -146,7 +145,7 @@ class RunConfig:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.method != "none" or self.seq_kd_targets
+        return get_method(self.method).needs_teacher or self.seq_kd_targets
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -187,7 +186,8 @@ def relation_problems(config: RunConfig, ok) -> list[Problem]:
     """Problems of values that are fine alone but not together; `ok(*keys)` says those keys are each valid."""
     found = []
     set_teacher = "set teacher (--teacher MODEL_DIR) to the teacher's model folder"
-    if ok("method", "teacher") and config.method != "none" and not config.teacher:
+    method = get_method(config.method) if ok("method") else None
+    if method is not None and ok("teacher") and method.needs_teacher and not config.teacher:
         found.append(Problem("teacher", config.teacher, f"method {config.method} needs a teacher", set_teacher))
     for flag in ("init_from_teacher", "seq_kd_targets"):
         if ok(flag, "teacher") and getattr(config, flag) and not config.teacher:
@@ -199,9 +199,10 @@ def relation_problems(config: RunConfig, ok) -> list[Problem]:
     if ok("min_lr", "lr") and config.min_lr >= config.lr:
         found.append(Problem("min_lr", config.min_lr, f"must be below lr ({config.lr})",
                              f"use a min_lr below {config.lr}, e.g. 0"))
-    if ok("kd_temperature", "method") and config.kd_temperature != 1.0 and config.method not in TEMPERATURE_METHODS:
+    if method is not None and ok("kd_temperature") and config.kd_temperature != 1.0 and not method.temperature:
+        softened = ", ".join(name for name, m in METHODS.items() if m.temperature)
         found.append(Problem("kd_temperature", config.kd_temperature, f"method {config.method} has no temperature",
-                             f"keep kd_temperature 1, or use one of {', '.join(TEMPERATURE_METHODS)}"))
+                             f"keep kd_temperature 1, or use one of {softened}"))
     if ok("seq_kd_nbest", "seq_kd_beam") and config.seq_kd_nbest > config.seq_kd_beam:
         found.append(Problem("seq_kd_nbest", config.seq_kd_nbest, f"exceeds the beam ({config.seq_kd_beam})",
                              "keep seq_kd_nbest <= seq_kd_beam"))
@@ -211,7 +212,7 @@ def relation_problems(config: RunConfig, ok) -> list[Problem]:
     if ok("seq_kd_engine", "seq_kd_nbest") and config.seq_kd_engine == "pytorch" and config.seq_kd_nbest > 1:
         found.append(Problem("seq_kd_nbest", config.seq_kd_nbest, "n-best lists come from the ctranslate2 engine",
                              "use --seq-kd-engine ctranslate2, or seq_kd_nbest 1"))
-    if ok("method", "fsdp", "compile") and config.method == "on-policy" and (config.fsdp or config.compile):
+    if method is not None and ok("fsdp", "compile") and method.on_policy and (config.fsdp or config.compile):
         found.append(Problem("method", config.method, "decodes with the student inside each update, which --fsdp "
                              "and --compile do not support", "use DDP (the default under torchrun) without --compile"))
     return found

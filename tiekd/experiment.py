@@ -33,6 +33,7 @@ import yaml
 
 from .errors import TiekdError
 from .io import atomic_write_json
+from .methods import get_method
 from .translate import MAX_DECODE_LENGTH
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -47,6 +48,16 @@ class StudentSpec:
     options: dict = field(default_factory=dict)  # RunConfig overrides (e.g. ranking: false)
     sizes: list[str] | None = None              # student presets for this row (default: all sizes)
     seeds: list[int] | None = None              # seeds for this row (default: the experiment's seeds)
+    # a baseline row: every row is compared with it at the same size and seed (paired tests, a column
+    # "Δ vs <label>"); true labels the column with the row's name, a string names the column it joins
+    # (e.g. a No-KD row at another size: `baseline: No-KD`)
+    baseline: bool | str = False
+
+    @property
+    def baseline_label(self) -> str | None:
+        if not self.baseline:
+            return None
+        return self.name if self.baseline is True else str(self.baseline)
 
 
 @dataclass
@@ -89,7 +100,7 @@ class ExperimentConfig:
             try:
                 students.append(StudentSpec(**spec))
             except TypeError as exc:
-                raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes, seeds") from exc
+                raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes, seeds, baseline") from exc
         config = cls(students=students, **values)
         from .experiment_checks import check_experiment
 
@@ -107,7 +118,7 @@ class ExperimentConfig:
         """The RunConfig settings of one student run (hashed into its stage): the shared `student`
         settings, the row's options, then what the row itself sets (size, seed, method, teacher)."""
         settings = {"data": str(data), **self.student, **spec.options, "model": size, "seed": seed,
-                    "method": spec.method, "teacher": str(teacher) if spec.method != "none" else ""}
+                    "method": spec.method, "teacher": str(teacher) if get_method(spec.method).needs_teacher else ""}
         if spec.options.get("seq_kd_targets") and not settings["teacher"]:
             settings["teacher"] = str(teacher)
         return settings
@@ -397,7 +408,7 @@ class Pipeline:
         Their stages run later as usual: the training resumes from its last checkpoint with nothing
         left to do, then the model is evaluated and compared with the teacher."""
         for spec, size, seed in jobs:
-            if spec.method != "none" or spec.options.get("seq_kd_targets"):
+            if get_method(spec.method).needs_teacher or spec.options.get("seq_kd_targets"):
                 continue
             slug = self.slug(spec, size, seed)
             folder = self.out / "students" / slug
@@ -425,7 +436,8 @@ class Pipeline:
                              work, wait=wait)
         if result is None or result is BUSY:
             return result
-        return {"name": spec.name, "method": spec.method, "size": size, "seed": seed, "folder": str(folder), **result}
+        return {"name": spec.name, "method": spec.method, "baseline": spec.baseline_label, "size": size, "seed": seed,
+                "folder": str(folder), **result}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -90,6 +90,11 @@ def _check_shapes(config, report: _Report) -> None:
         row = f"students[{i}]"
         check(spec.name, str, ("students", i, "name"), f"{row} name", "the row's label, e.g. TIE-KD")
         check(spec.options, dict, ("students", i, "options"), f"{row} options", "a mapping {key: value, ...}")
+        if not isinstance(spec.baseline, (bool, str)) or spec.baseline == "":
+            report.add(Problem(f"{row} baseline", spec.baseline, "must be true, false or a column label",
+                               "write baseline: true (compare every row with this one), or the label of the "
+                               "baseline it stands for, e.g. baseline: No-KD"), ("students", i, "baseline"),
+                       f"{row} baseline")
         for key in ("sizes", "seeds"):
             if getattr(spec, key) is not None:
                 check(getattr(spec, key), list, ("students", i, key), f"{row} {key}", "a list, or nothing")

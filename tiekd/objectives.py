@@ -14,12 +14,11 @@ count of the update) and a dict of detached per-part sums for logging.
 - `tie-kd` (Zhang et al. 2023, tie-kd.md §3-4): (1 - a) * ls_ce + a * mean over N passes of the
   TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right;
   with `iterative_start_update` U > 0, updates before U run pass 1 only (our option, not the paper's).
-The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once.
+The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once. What each method
+contributes (its KD loss, passes, token mask, on-policy prefixes) comes from its entry in tiekd/methods.py.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import torch
 from torch import nn
@@ -27,30 +26,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from . import losses
 from .config import RunConfig
-
-KD_LOSSES = {
-    "word-kd": losses.word_kd_loss,
-    "selective-kd": losses.word_kd_loss,
-    "kd-top1-only": losses.kd_without_correlation_loss,
-    "kd-without-top1": losses.kd_without_top1_loss,
-}
-
-
-def divergence_loss(name: str, config: RunConfig):
-    """The word-level divergence `name` (config.DIVERGENCES) with the run's parameters."""
-    if name == "word-kd":
-        return losses.word_kd_loss
-    if name == "reverse-kl":
-        return losses.reverse_kl_loss
-    if name == "jsd":
-        return partial(losses.jsd_loss, beta=config.jsd_beta)
-    if name == "tvd":
-        return losses.tvd_loss
-    if name == "skew-kl":
-        return partial(losses.skew_kl_loss, alpha=config.skew_alpha)
-    if name == "skew-reverse-kl":
-        return partial(losses.skew_reverse_kl_loss, alpha=config.skew_alpha)
-    raise ValueError(f"unknown divergence {name!r}")
+from .methods import get_method
 
 
 def with_temperature(loss_fn, temperature: float):
@@ -91,23 +67,16 @@ class DistillationObjective(nn.Module):
         self._teacher = _Frozen(teacher) if teacher is not None else None
         if teacher is not None:
             teacher.eval().requires_grad_(False)
-        method = config.method
-        self.passes = config.iterative_passes if method == "tie-kd" else 1
+        self.method = get_method(config.method)
+        self.passes = self.method.passes(config)
         # updates finished so far, set by the trainer before each update: TIE-KD's passes 2..N start
         # at `config.iterative_start_update` (0, the paper's recipe: from the first update)
         self.updates_done = 0
-        if method == "tie-kd":
-            self.kd_loss = partial(losses.tie_kd_loss, topk=config.topk, use_ranking=config.ranking)
-        elif method == "kd-topk":
-            self.kd_loss = partial(losses.topk_kd_loss, topk=config.topk)
-        elif method == "on-policy":
-            self.kd_loss = divergence_loss(config.on_policy_divergence, config)
-        elif method in ("reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl"):
-            self.kd_loss = divergence_loss(method, config)
-        else:
-            self.kd_loss = KD_LOSSES.get(method)  # None for none / seq-kd (plain CE on their targets)
+        # None for none / seq-kd: plain CE on their targets
+        self.kd_loss = self.method.kd_loss(config) if self.method.kd_loss is not None else None
         if self.kd_loss is not None:
             self.kd_loss = with_temperature(self.kd_loss, config.kd_temperature)
+        self.token_mask = self.method.token_mask(config) if self.method.token_mask is not None else None
 
     @property
     def teacher(self):
@@ -135,7 +104,7 @@ class DistillationObjective(nn.Module):
 
         with torch.inference_mode():
             teacher_encoded = self.teacher.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        if config.method == "on-policy" and bool(torch.rand(()) < config.on_policy_lambda):
+        if self.method.on_policy and bool(torch.rand(()) < config.on_policy_lambda):
             kd = self._on_policy_kd(input_ids, attention_mask, labels, student_encoded, teacher_encoded)
             alpha = config.kd_alpha
             return (1 - alpha) * ce + alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}
@@ -148,10 +117,9 @@ class DistillationObjective(nn.Module):
                 student_logits = self._decode(self.student, student_encoded, attention_mask, decoder_input)
             with torch.inference_mode():
                 teacher_logits = self._decode(self.teacher, teacher_encoded, attention_mask, decoder_input)
-            mask = None
-            if config.method == "selective-kd":
-                mask = losses.selective_token_mask(student_logits, labels, self.pad_id, ratio=config.selective_ratio)
-            kd_kwargs = {"mask": mask} if mask is not None else {}
+            kd_kwargs = {}
+            if self.token_mask is not None:  # e.g. Selective-KD: only the batch's hardest tokens
+                kd_kwargs["mask"] = self.token_mask(student_logits, labels, self.pad_id)
             kd_total = kd_total + self.kd_loss(student_logits, teacher_logits, labels, self.pad_id, **kd_kwargs)
         kd = kd_total / passes
         alpha = config.kd_alpha

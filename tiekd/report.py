@@ -1,10 +1,11 @@
 """Results of `tiekd experiment`: significance tests, a Markdown and a CSV table, and plots.
 
 Rows are (method, student size); over seeds we report the mean and the sample standard deviation.
-Significance compares each row's translations of the main test set with No-KD's and Word-KD's of the
-same size and seed, with sacreBLEU's own paired tests (`tiekd.evaluate.paired_significance`:
-approximate randomization p, sacreBLEU's default, in the table; paired bootstrap p beside it in
-results.csv) and our bootstrap interval of the difference; with several seeds the table gives the mean difference and every seed's
+Significance compares each row's translations of the main test set with those of every baseline (the
+rows an experiment marks `baseline:`, e.g. No-KD and Word-KD) of the same size and seed, with
+sacreBLEU's own paired tests (`tiekd.evaluate.paired_significance`: approximate randomization p,
+sacreBLEU's default, in the table; paired bootstrap p beside it in results.csv) and our bootstrap
+interval of the difference; with several seeds the table gives the mean difference and every seed's
 difference and p-value, because one seed can reverse a mean (docs/RESULTS.md).
 """
 
@@ -12,14 +13,26 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 from pathlib import Path
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
+def baseline_key(name: str) -> str:
+    """The significance key of the baseline row `name`: "No-KD" -> "vs_no_kd"."""
+    return "vs_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def baseline_names(rows: list[dict]) -> list[str]:
+    """Labels of the baselines (rows marked `baseline:` in the experiment), in the table's order."""
+    return list(dict.fromkeys(row["baseline"] for row in rows if row.get("baseline")))
+
+
 def add_significance(table: dict, out: Path, config) -> None:
-    """Attach `significance` to each student row (vs No-KD and vs Word-KD on the main test set)."""
+    """Attach `significance` to each student row: against each baseline row (marked `baseline: true` in
+    the experiment) of the same size and seed, on the main test set."""
     from .evaluate import paired_bootstrap, paired_significance, read_lines
     from .data.prepare import load_prepared
 
@@ -27,25 +40,26 @@ def add_significance(table: dict, out: Path, config) -> None:
     refs = read_lines(load_prepared(Path(out) / "data").splits[main_test][1])[: config.test_max_sentences or None]
     rows = table["students"]
 
-    def baseline(method: str, row: dict) -> dict | None:
+    def baseline(name: str, row: dict) -> dict | None:
         for other in rows:
-            if other["method"] == method and other["size"] == row["size"] and other["seed"] == row["seed"] \
-                    and not other.get("name", "").lower().startswith(("ablation", "analysis")):
+            if other.get("baseline") == name and other["size"] == row["size"] \
+                    and other["seed"] == row["seed"]:
                 return other
         return None
 
     for row in rows:
         row["significance"] = {}
         hyps = read_lines(Path(row["folder"]) / f"{main_test}.hyp")
-        for label, method in (("vs_no_kd", "none"), ("vs_word_kd", "word-kd")):
-            base = baseline(method, row)
+        for name in baseline_names(rows):
+            base = baseline(name, row)
             if base is None or base is row:
                 continue
             base_hyps = read_lines(Path(base["folder"]) / f"{main_test}.hyp")
             interval = paired_bootstrap(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
             tests = paired_significance(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
-            row["significance"][label] = {"diff": interval["diff"]["score"], "ci": interval["diff"]["ci"],
-                                          "p_value": tests["bleu"]["p_ar"], "p_bs": tests["bleu"]["p_bs"]}
+            row["significance"][baseline_key(name)] = {
+                "diff": interval["diff"]["score"], "ci": interval["diff"]["ci"],
+                "p_value": tests["bleu"]["p_ar"], "p_bs": tests["bleu"]["p_bs"]}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -84,7 +98,8 @@ def aggregate(table: dict, config) -> list[dict]:
 def _over_seeds(rows: list[dict]) -> dict:
     """Per baseline: mean difference over the seeds that have one, and each seed's (diff, p)."""
     summary = {}
-    for key in ("vs_no_kd", "vs_word_kd"):
+    keys = dict.fromkeys(key for r in rows for key in r.get("significance", {}))
+    for key in keys:
         tests = [(r["seed"], r["significance"][key]) for r in rows if key in r.get("significance", {})]
         if tests:
             summary[key] = {"diff": statistics.fmean(t["diff"] for _, t in tests),
@@ -118,7 +133,8 @@ def write_report(table: dict, out: Path, config) -> None:
     header = ["Student", "size", "seeds"]
     for test in config.test_sets:
         header += [f"BLEU {test}", f"chrF {test}"]
-    header += [f"tok-BLEU {main_test}", "Δ vs No-KD (p)", "Δ vs Word-KD (p)", "top-1 agr. %", "last-25% gain"]
+    baselines = baseline_names(table["students"])
+    header += [f"tok-BLEU {main_test}", *[f"Δ vs {name} (p)" for name in baselines], "top-1 agr. %", "last-25% gain"]
     md = [f"# {config.name}: Multi30k {config.src_lang}→{config.tgt_lang}", "",
           f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
           f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {main_test} "
@@ -132,15 +148,15 @@ def write_report(table: dict, out: Path, config) -> None:
     teacher_cells = ["Teacher", "", ""]
     for test in config.test_sets:
         teacher_cells += [f"{teacher[test]['bleu']:.2f}", f"{teacher[test]['chrf']:.2f}"]
-    teacher_cells += [f"{teacher[main_test]['tokenized_bleu']:.2f}", "–", "–", "–", "–"]
+    teacher_cells += [f"{teacher[main_test]['tokenized_bleu']:.2f}", *["–"] * len(baselines), "–", "–"]
     md.append("| " + " | ".join(teacher_cells) + " |")
     csv_rows = []
     for line in lines:
         cells = [line["name"], line["size"], str(line["seeds"])]
         for test in config.test_sets:
             cells += [_fmt(line[f"{test}:bleu"]), _fmt(line[f"{test}:chrf"])]
-        cells += [_fmt(line[f"{main_test}:tokenized_bleu"]), _p(line["significance"], "vs_no_kd"),
-                  _p(line["significance"], "vs_word_kd"), _fmt(line["top1_agreement"], 100),
+        cells += [_fmt(line[f"{main_test}:tokenized_bleu"]),
+                  *[_p(line["significance"], baseline_key(name)) for name in baselines], _fmt(line["top1_agreement"], 100),
                   "–" if line["late_gain"] is None else f"{line['late_gain']:+.2f}"]
         md.append("| " + " | ".join(cells) + " |")
         flat = {"name": line["name"], "method": line["method"], "size": line["size"], "seeds": line["seeds"]}

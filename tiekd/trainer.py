@@ -26,6 +26,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, sh
 from .errors import TiekdError
 from .io import atomic_write_json
 from .models import parameter_count, zero_pad_row_grad
+from .methods import get_method
 from .objectives import DistillationObjective
 from .runfolder import prepare_run_folder
 from .tokenizer import load_tokenizer
@@ -79,8 +80,8 @@ class Trainer:
             load_student_weights(self.student, self.resume_from)  # before sharding: every rank loads the full weights
         self.teacher = load_teacher(config, *vocab, self.device) if config.uses_teacher else None
         # seq-kd trains on the teacher's translations with plain CE: the objective needs no teacher
-        self.objective = DistillationObjective(self.student, config,
-                                               None if config.method == "seq-kd" else self.teacher)
+        online = get_method(config.method).online_teacher
+        self.objective = DistillationObjective(self.student, config, self.teacher if online else None)
         self.objective.to(self.device)
         self.fsdp = config.fsdp and self.dist.enabled
         self.train_module = parallelise(self.objective, config, self.dist, self.device, announce=not self.quiet)

@@ -25,7 +25,9 @@ def split_files(prepared, name: str) -> tuple[Path, Path]:
 
 
 def uses_teacher_targets(config: RunConfig) -> bool:
-    return config.seq_kd_targets or config.method == "seq-kd"
+    from ..methods import get_method
+
+    return config.seq_kd_targets or get_method(config.method).teacher_targets
 
 
 def training_pair_files(config: RunConfig, prepared, teacher, tokenizer, out: Path, dist: DistInfo,
