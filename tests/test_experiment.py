@@ -19,8 +19,8 @@ TINY = {
     "student": {"max_updates": 8, "max_tokens": 2048, "lr": 3e-3, "warmup_updates": 4, "valid_every": 4,
                 "valid_bleu": False, "log_every": 4},
     "student_sizes": ["micro"],
-    "students": [{"name": "No-KD", "method": "none"}, {"name": "Word-KD", "method": "word-kd"},
-                 {"name": "TIE-KD", "method": "tie-kd"}],
+    "students": [{"name": "No-KD", "method": "none", "baseline": True},
+                 {"name": "Word-KD", "method": "word-kd", "baseline": True}, {"name": "TIE-KD", "method": "tie-kd"}],
     "seeds": [1], "average_last": 2, "test_sets": ["test_2016_flickr"], "test_max_sentences": 25,
     "max_decode_length": 20, "analyze_sentences": 25, "bootstrap_resamples": 100,
 }

@@ -33,7 +33,7 @@ import yaml
 
 from .errors import TiekdError
 from .io import atomic_write_json
-from .methods import get_method
+from .methods import METHODS
 from .translate import MAX_DECODE_LENGTH
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -118,7 +118,7 @@ class ExperimentConfig:
         """The RunConfig settings of one student run (hashed into its stage): the shared `student`
         settings, the row's options, then what the row itself sets (size, seed, method, teacher)."""
         settings = {"data": str(data), **self.student, **spec.options, "model": size, "seed": seed,
-                    "method": spec.method, "teacher": str(teacher) if get_method(spec.method).needs_teacher else ""}
+                    "method": spec.method, "teacher": str(teacher) if _needs_teacher(spec.method) else ""}
         if spec.options.get("seq_kd_targets") and not settings["teacher"]:
             settings["teacher"] = str(teacher)
         return settings
@@ -138,6 +138,12 @@ class ExperimentConfig:
         for i, (spec, size, seed) in enumerate(runs):
             rank[i] = (spec.seeds or self.seeds).index(seed)
         return sorted(range(len(runs)), key=lambda i: (rank[i], i))
+
+
+def _needs_teacher(method: str) -> bool:
+    """Whether rows of `method` get the teacher; an unknown method (a typo the checks report with the
+    others, tiekd/experiment_checks.py) is given one, so that it fails there and not here."""
+    return method not in METHODS or METHODS[method].needs_teacher
 
 
 def load_experiment_config(preset: str | None, config_path: str | None) -> ExperimentConfig:
@@ -408,7 +414,7 @@ class Pipeline:
         Their stages run later as usual: the training resumes from its last checkpoint with nothing
         left to do, then the model is evaluated and compared with the teacher."""
         for spec, size, seed in jobs:
-            if get_method(spec.method).needs_teacher or spec.options.get("seq_kd_targets"):
+            if _needs_teacher(spec.method) or spec.options.get("seq_kd_targets"):
                 continue
             slug = self.slug(spec, size, seed)
             folder = self.out / "students" / slug

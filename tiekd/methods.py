@@ -101,9 +101,12 @@ def _loss(attribute: str, **fixed) -> Callable:
 
 
 def _selective_mask(config):
-    from . import losses
+    def hardest_tokens(student_logits, labels, pad_id):
+        from . import losses
 
-    return partial(losses.selective_token_mask, ratio=config.selective_ratio)
+        return losses.selective_token_mask(student_logits, labels, pad_id, ratio=config.selective_ratio)
+
+    return hardest_tokens
 
 
 # ---------------------------------------------------------------------------------------------------
