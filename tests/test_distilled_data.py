@@ -115,6 +115,9 @@ def test_bad_input_is_refused_with_the_fix(teacher_dir, texts, tmp_path):
     # a work folder belongs to one build: other settings are refused, not mixed in
     build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "c.en",
                          options=DistillationOptions(beam=1, shard_size=64, max_length=LIMIT), quiet=True)
+    again = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "c.en", quiet=True,
+                                 options=DistillationOptions(beam=1, shard_size=64, max_length=LIMIT, threads=1))
+    assert again["translated_now"] == 0 and again["threads"] == 1  # threads change the speed, not the targets
     with pytest.raises(TiekdError, match=r"other settings \(beam\)"):
         build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "c.en",
                              options=DistillationOptions(beam=2, shard_size=64, max_length=LIMIT), quiet=True)

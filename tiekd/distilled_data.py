@@ -223,7 +223,9 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
     work_dir = Path(work_dir) if work_dir else out_path.parent / f".{out_path.name}.work"
     shards_dir = work_dir / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
-    settings = {**asdict(options), "teacher": str(Path(teacher).resolve()), "sources": str(Path(sources_path).resolve()),
+    # what decides the targets; the thread count only decides the speed, so a resume may change it
+    decisive = {k: v for k, v in asdict(options).items() if k != "threads"}
+    settings = {**decisive, "teacher": str(Path(teacher).resolve()), "sources": str(Path(sources_path).resolve()),
                 "references": str(Path(references_path).resolve()) if references_path else None}
     _check_same_settings(work_dir / "settings.json", settings)
 
@@ -255,7 +257,7 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
         raise TiekdError(f"{shards_dir}: the shards hold {text.count(chr(10))} lines for {len(sources)} sources. "
                          f"Fix: delete {work_dir} and build again")
     atomic_write_text(out_path, text)
-    report = {**settings, "out": str(out_path), "sentences": len(sources),
+    report = {**settings, "threads": options.threads, "out": str(out_path), "sentences": len(sources),
               **{key: sum(r[key] for r in records) for key in ("empty", "runaway", "not_1best")},
               "translated_now": translated,
               "sentences_per_s": translated / seconds if seconds > 0 else None}

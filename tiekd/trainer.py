@@ -25,8 +25,8 @@ from .config import RunConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .errors import TiekdError
 from .io import atomic_write_json
-from .models import parameter_count, zero_pad_row_grad
 from .methods import get_method
+from .models import parameter_count, zero_pad_row_grad
 from .objectives import DistillationObjective
 from .runfolder import prepare_run_folder
 from .tokenizer import load_tokenizer
