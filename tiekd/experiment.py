@@ -134,10 +134,8 @@ class ExperimentConfig:
         if self.run_order == "rows":
             return list(range(len(runs)))
         # the k-th seed of every row before the (k+1)-th of any; the table's order within each round
-        rank = {}
-        for i, (spec, size, seed) in enumerate(runs):
-            rank[i] = (spec.seeds or self.seeds).index(seed)
-        return sorted(range(len(runs)), key=lambda i: (rank[i], i))
+        round_of = [(spec.seeds or self.seeds).index(seed) for spec, _, seed in runs]
+        return sorted(range(len(runs)), key=lambda i: (round_of[i], i))
 
 
 def _needs_teacher(method: str) -> bool:
@@ -366,6 +364,7 @@ class Pipeline:
         data = self.out / "data"
 
         jobs = config.student_runs()
+        order = config.training_order()
         teacher_dir = self.out / "teacher"
         if config.teacher_model:
             teacher_model = Path(config.teacher_model)
@@ -375,7 +374,7 @@ class Pipeline:
             train_teacher = lambda: self._train(teacher_dir, settings)
             if self._stage(teacher_dir, {"train": settings}, train_teacher, wait=False) is BUSY:
                 self.log("another worker trains the teacher; meanwhile training the students that need none")
-                self._pretrain_teacher_free(jobs, data)
+                self._pretrain_teacher_free([jobs[i] for i in order], data)
                 self._stage(teacher_dir, {"train": settings}, train_teacher)
             teacher_model = teacher_dir / "model"
         self.log("evaluating the teacher")
@@ -384,7 +383,6 @@ class Pipeline:
                                      lambda: self._evaluate(teacher_model, teacher_dir / "eval", data))
 
         # first pass: every stage no other worker holds; second: wait for the ones that were held
-        order = config.training_order()
         results = [None] * len(jobs)
         for i in order:
             results[i] = self._student(*jobs[i], data, teacher_model, wait=False)

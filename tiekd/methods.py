@@ -58,46 +58,38 @@ def get_method(name: str) -> Method:
 
 
 # ---------------------------------------------------------------------------------------------------
-# word-level divergences D(q || p) between the teacher q and the student p (tiekd.losses.divergences)
+# loss builders
 
 
-def _divergence_builders() -> dict[str, Callable]:
-    from . import losses
-
-    return {
-        "word-kd": lambda config: losses.word_kd_loss,
-        "reverse-kl": lambda config: losses.reverse_kl_loss,
-        "jsd": lambda config: partial(losses.jsd_loss, beta=config.jsd_beta),
-        "tvd": lambda config: losses.tvd_loss,
-        "skew-kl": lambda config: partial(losses.skew_kl_loss, alpha=config.skew_alpha),
-        "skew-reverse-kl": lambda config: partial(losses.skew_reverse_kl_loss, alpha=config.skew_alpha),
-    }
-
-
-DIVERGENCES = ("word-kd", "reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl")
-
-
-def divergence_loss(name: str, config):
-    """The word-level divergence `name` (one of DIVERGENCES) with the run's parameters."""
-    builders = _divergence_builders()
-    if name not in builders:
-        raise ValueError(f"unknown divergence {name!r}")
-    return builders[name](config)
-
-
-def _divergence(name: str) -> Callable:
-    return lambda config: divergence_loss(name, config)
-
-
-def _loss(attribute: str, **fixed) -> Callable:
-    """A builder of the loss `tiekd.losses.<attribute>`, imported only when a run needs it."""
+def _loss(attribute: str, **params) -> Callable:
+    """A builder of the loss `tiekd.losses.<attribute>` with `params` read from the run's config;
+    the losses (and torch) are imported only when a run builds one."""
     def build(config):
         from . import losses
 
         function = getattr(losses, attribute)
-        return partial(function, **{k: v(config) for k, v in fixed.items()}) if fixed else function
+        return partial(function, **{k: v(config) for k, v in params.items()}) if params else function
 
     return build
+
+
+# word-level divergences D(q || p) between the teacher q and the student p (tiekd.losses.divergences)
+_DIVERGENCE_LOSSES = {
+    "word-kd": _loss("word_kd_loss"),
+    "reverse-kl": _loss("reverse_kl_loss"),
+    "jsd": _loss("jsd_loss", beta=lambda c: c.jsd_beta),
+    "tvd": _loss("tvd_loss"),
+    "skew-kl": _loss("skew_kl_loss", alpha=lambda c: c.skew_alpha),
+    "skew-reverse-kl": _loss("skew_reverse_kl_loss", alpha=lambda c: c.skew_alpha),
+}
+DIVERGENCES = tuple(_DIVERGENCE_LOSSES)
+
+
+def divergence_loss(name: str, config):
+    """The word-level divergence `name` (one of DIVERGENCES) with the run's parameters."""
+    if name not in _DIVERGENCE_LOSSES:
+        raise ValueError(f"unknown divergence {name!r}")
+    return _DIVERGENCE_LOSSES[name](config)
 
 
 def _selective_mask(config):
@@ -114,14 +106,14 @@ def _selective_mask(config):
 
 register(Method("none", "nothing from a teacher: label-smoothed CE on the gold targets", needs_teacher=False))
 register(Method("word-kd", "KL(q || p) at every gold-prefix position (Hinton et al. 2015; Kim & Rush 2016)",
-                kd_loss=_divergence("word-kd"), temperature=True))
+                kd_loss=_DIVERGENCE_LOSSES["word-kd"], temperature=True))
 register(Method("seq-kd", "CE on the teacher's beam translations of the training set (Kim & Rush 2016)",
                 online_teacher=False, teacher_targets=True))
 register(Method("tie-kd", "KL + ranking loss on the teacher's top-k over N iterative passes (Zhang et al. 2023)",
                 kd_loss=_loss("tie_kd_loss", topk=lambda c: c.topk, use_ranking=lambda c: c.ranking),
                 passes=lambda config: config.iterative_passes))
 register(Method("selective-kd", "word-KD on the batch's hardest tokens only (Wang et al. 2021)",
-                kd_loss=_divergence("word-kd"), temperature=True, token_mask=_selective_mask))
+                kd_loss=_DIVERGENCE_LOSSES["word-kd"], temperature=True, token_mask=_selective_mask))
 register(Method("kd-top1-only", "analysis (b): only the teacher's top-1, weighted by its probability",
                 kd_loss=_loss("kd_without_correlation_loss")))
 register(Method("kd-without-top1", "analysis (c): the teacher's top-1 mass moved onto the gold token",
@@ -130,7 +122,7 @@ register(Method("kd-topk", "KD on the teacher's top-k tokens only", kd_loss=_los
 for _name, _summary in (("reverse-kl", "KL(p || q)"), ("jsd", "generalized JSD (GKD, Agarwal et al. 2024)"),
                         ("tvd", "total variation distance"), ("skew-kl", "skew KL (DistiLLM, Ko et al. 2024)"),
                         ("skew-reverse-kl", "skew reverse KL (DistiLLM, Ko et al. 2024)")):
-    register(Method(_name, f"word-level KD with the {_summary}", kd_loss=_divergence(_name), temperature=True))
+    register(Method(_name, f"word-level KD with the {_summary}", kd_loss=_DIVERGENCE_LOSSES[_name], temperature=True))
 register(Method("on-policy", "generalized KD: the KD term on the student's own decoded output with probability "
                              "on_policy_lambda (Agarwal et al. 2024)",
                 kd_loss=lambda config: divergence_loss(config.on_policy_divergence, config), temperature=True,
