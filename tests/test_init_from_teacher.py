@@ -67,3 +67,33 @@ def test_deep_shallow_presets_have_a_shallow_decoder(prepared):
         assert model.config.encoder_layers == 6 and model.config.decoder_layers == 2
         assert model.config.tie_word_embeddings and parameter_count(model) > 0
     assert PRESETS["tiny"].decoder_depth == PRESETS["tiny"].encoder_layers == 2
+
+
+class EightThousandWordVocabulary:
+    """Just enough of a tokenizer for build_model: the converged preset's 8k joint vocabulary."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def get_vocab(self):
+        return {f"w{i}": i for i in range(8000)}
+
+
+def test_tiny_deep_shallow_has_tinys_parameter_count_with_an_8k_vocabulary():
+    from tiekd.models import parameter_count
+
+    with torch.device("meta"):
+        tiny = build_model("tiny", EightThousandWordVocabulary())
+        deep_shallow = build_model("tiny-deep-shallow", EightThousandWordVocabulary())
+    assert deep_shallow.config.decoder_layers == 1 < deep_shallow.config.encoder_layers
+    # equal size within 5%, so that BLEU and speed compare at one parameter count
+    assert abs(parameter_count(deep_shallow) / parameter_count(tiny) - 1) < 0.05
+
+
+def test_teacher_deep_shallow_can_start_from_the_teacher_preset(prepared):
+    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.prepare import load_prepared
+
+    tokenizer = load_tokenizer(load_prepared(prepared).tokenizer_dir)
+    torch.manual_seed(0)
+    teacher, student = build_model("teacher", tokenizer), build_model("teacher-deep-shallow", tokenizer)
+    assert init_from_teacher(student, teacher) == {"encoder": [0, 1, 2], "decoder": [0]}
