@@ -101,6 +101,41 @@ def test_greedy_targets_agree_between_ctranslate2_and_pytorch(teacher_dir, texts
     assert sum(x == y for x, y in zip(a, b)) >= 40 - ct2["runaway"]
 
 
+def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teacher_dir, texts, tmp_path, monkeypatch):
+    """Under torchrun rank r translates shards r, r + W, ...; played here by two threads whose barriers
+    meet (torch.distributed's need a process group). The merged file equals the one-process build, and
+    the pytorch engine decodes with a teacher the caller already loaded."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tiekd.distilled_data as distilled_data
+    from tiekd.distributed import DistInfo
+    from tiekd.models import load_model
+
+    out, _, _ = one_best_and_chrf
+    meeting = threading.Barrier(2, timeout=300)
+    monkeypatch.setattr(distilled_data, "barrier", lambda dist: dist.enabled and meeting.wait())
+    options = DistillationOptions(beam=4, nbest=1, shard_size=16, max_length=LIMIT)
+
+    def rank(r: int) -> dict:
+        return build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "best.en", texts / "ref.en",
+                                    work_dir=tmp_path / "work", options=options, quiet=True, dist=DistInfo(r, 2))
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(rank, [0, 1]))
+    assert reports[0] == reports[1] and reports[0]["sentences"] == 40
+    assert reports[0]["translated_now"] == 16 + 8  # rank 0's shards 0 and 2; rank 1 took shard 1
+    assert (tmp_path / "best.en").read_text() == (out / "best.en").read_text()
+    assert len(list((tmp_path / "work").glob("teacher-ct2"))) == 1
+
+    loaded = load_model(str(teacher_dir))
+    greedy = DistillationOptions(engine="pytorch", beam=1, max_length=LIMIT)
+    mine = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt.en", options=greedy, quiet=True,
+                                model=loaded)
+    theirs = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt2.en", options=greedy, quiet=True)
+    assert mine["sentences"] == 40 and read_lines(tmp_path / "pt.en") == read_lines(tmp_path / "pt2.en")
+
+
 def test_bad_input_is_refused_with_the_fix(teacher_dir, texts, tmp_path):
     with pytest.raises(TiekdError, match="needs --references"):
         build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "a.en",

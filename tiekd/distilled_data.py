@@ -8,7 +8,8 @@ fewer teacher errors in the student's targets. Without references (forward trans
 monolingual source text) the teacher's 1-best is kept.
 
 This module decodes with CTranslate2 (a model folder is exported to a CTranslate2 folder once, in the
-work folder) or with PyTorch `generate`, in shards of `shard_size` lines:
+work folder) or with PyTorch `generate`, in shards of `shard_size` lines. Under torchrun every rank
+takes every W-th shard (rank r: shards r, r + W, ...) and rank 0 merges them:
 - each shard is written atomically with its own record (line count, empty and runaway outputs), so
   an interrupted build resumes at the first missing shard and never trusts a torn one;
 - integrity checks: every shard has exactly its source's line count (else it is translated again);
@@ -24,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .distributed import DistInfo, barrier
 from .errors import TiekdError
 from .io import atomic_write_json, atomic_write_text, read_lines
 from .translate import MAX_DECODE_LENGTH
@@ -97,12 +99,13 @@ class _CTranslate2Engine:
 
 
 class _PyTorchEngine:
-    def __init__(self, model_dir: Path, options: DistillationOptions):
+    def __init__(self, model_dir: Path, options: DistillationOptions, model=None):
         from .models import load_model
         from .tokenizer import load_tokenizer
 
         self.options = options
-        self.model = load_model(str(model_dir)).eval()
+        # a teacher the caller already holds (e.g. on its GPU) decodes where it lives
+        self.model = model.eval() if model is not None else load_model(str(model_dir)).eval()
         self.tokenizer = load_tokenizer(model_dir)
 
     def nbest(self, sentences: list[str]) -> list[list[tuple[str, int, bool]]]:
@@ -122,28 +125,38 @@ class _PyTorchEngine:
         return out
 
 
-def _open_engine(teacher: Path, work_dir: Path, options: DistillationOptions):
-    """The teacher as a decoding engine; a model folder is exported to CTranslate2 once, in `work_dir`."""
+def _check_teacher_folder(teacher: Path, options: DistillationOptions) -> tuple[bool, bool]:
+    """(is a CTranslate2 folder, is a model folder), or a clear error when it is neither or cannot serve."""
     teacher = Path(teacher)
     is_ct2 = (teacher / "model.bin").is_file()
     is_model = (teacher / "config.json").is_file()
     if not is_ct2 and not is_model:
         raise TiekdError(f"{teacher}: neither a model folder (config.json) nor a CTranslate2 folder (model.bin). "
                          "Fix: pass a folder written by tiekd train/distill/average/export, or an OPUS-MT model")
-    if options.engine == "pytorch":
-        if not is_model:
-            raise TiekdError(f"{teacher}: a CTranslate2 folder cannot decode with the pytorch engine. Fix: pass the "
-                             "model folder, or use the ctranslate2 engine")
-        return _PyTorchEngine(teacher, options)
-    if not is_ct2:
-        from .export import export_ctranslate2
+    if options.engine == "pytorch" and not is_model:
+        raise TiekdError(f"{teacher}: a CTranslate2 folder cannot decode with the pytorch engine. Fix: pass the "
+                         "model folder, or use the ctranslate2 engine")
+    return is_ct2, is_model
 
-        exported = work_dir / "teacher-ct2"
-        if not (exported / "model.bin").is_file():
-            # float32 keeps the teacher's own outputs; --compute-type int8 quantizes at load time
-            export_ctranslate2(teacher, exported, quantization="float32", overwrite=True)
-        teacher = exported
-    return _CTranslate2Engine(teacher, options)
+
+def _exported_teacher(teacher: Path, work_dir: Path) -> Path:
+    """The CTranslate2 folder to decode with: `teacher` itself, or its export in `work_dir` (made once)."""
+    if (teacher / "model.bin").is_file():
+        return teacher
+    from .export import export_ctranslate2
+
+    exported = work_dir / "teacher-ct2"
+    if not (exported / "model.bin").is_file():
+        # float32 keeps the teacher's own outputs; --compute-type int8 quantizes at load time
+        export_ctranslate2(teacher, exported, quantization="float32", overwrite=True)
+    return exported
+
+
+def _open_engine(teacher: Path, work_dir: Path, options: DistillationOptions, model=None):
+    """The teacher as a decoding engine (a CTranslate2 export must already exist, see _exported_teacher)."""
+    if options.engine == "pytorch":
+        return _PyTorchEngine(teacher, options, model)
+    return _CTranslate2Engine(_exported_teacher(teacher, work_dir), options)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,12 +213,15 @@ def _shard_is_complete(text_path: Path, record_path: Path, expected_lines: int) 
 
 def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path: str | Path,
                          references_path: str | Path | None = None, work_dir: str | Path | None = None,
-                         options: DistillationOptions | None = None, quiet: bool = False) -> dict:
+                         options: DistillationOptions | None = None, quiet: bool = False,
+                         dist: DistInfo = DistInfo(), model=None) -> dict:
     """Translate `sources_path` with `teacher` into `out_path` (one target per source line); resumable.
 
+    Under torchrun (`dist`) every rank calls this: rank r translates shards r, r + W, ... and rank 0
+    merges them. `model`, for the pytorch engine, is the teacher already loaded (from `teacher`).
     Returns the build's report (also written beside `out_path` as `<out>.json`): options, sentence
     counts, empty / runaway outputs, how many targets chrF selection took from below the 1-best, and
-    the decoding speed in sentences/s over the shards translated in this call.
+    the decoding speed in sentences/s over the shards translated in this call (by rank 0).
     """
     from tqdm.auto import tqdm
 
@@ -222,21 +238,26 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
                          "or use --select best for monolingual source text")
     work_dir = Path(work_dir) if work_dir else out_path.parent / f".{out_path.name}.work"
     shards_dir = work_dir / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
     # what decides the targets; the thread count only decides the speed, so a resume may change it
     decisive = {k: v for k, v in asdict(options).items() if k != "threads"}
     settings = {**decisive, "teacher": str(Path(teacher).resolve()), "sources": str(Path(sources_path).resolve()),
                 "references": str(Path(references_path).resolve()) if references_path else None}
-    _check_same_settings(work_dir / "settings.json", settings)
-
+    teacher = Path(teacher)
+    _check_teacher_folder(teacher, options)
     size = options.shard_size
     spans = [(start, min(start + size, len(sources))) for start in range(0, len(sources), size)]
-    todo = [k for k, (a, b) in enumerate(spans)
-            if not _shard_is_complete(shards_dir / f"{k:06d}.txt", shards_dir / f"{k:06d}.json", b - a)]
-    done_lines = len(sources) - sum(spans[k][1] - spans[k][0] for k in todo)
-    bar = tqdm(total=len(sources), initial=done_lines, desc="distilled data", unit="sent", disable=quiet,
-               dynamic_ncols=True)
-    engine = _open_engine(Path(teacher), work_dir, options) if todo else None
+    todo = [k for k, (a, b) in enumerate(spans) if k % dist.world_size == dist.rank
+            and not _shard_is_complete(shards_dir / f"{k:06d}.txt", shards_dir / f"{k:06d}.json", b - a)]
+    if dist.is_main:  # one rank checks the settings and exports the teacher; the others wait for it
+        shards_dir.mkdir(parents=True, exist_ok=True)
+        _check_same_settings(work_dir / "settings.json", settings)
+        if options.engine == "ctranslate2":
+            _exported_teacher(teacher, work_dir)
+    barrier(dist)
+    mine = sum(spans[k][1] - spans[k][0] for k in range(len(spans)) if k % dist.world_size == dist.rank)
+    bar = tqdm(total=mine, initial=mine - sum(spans[k][1] - spans[k][0] for k in todo), desc="distilled data",
+               unit="sent", disable=quiet or not dist.is_main, dynamic_ncols=True)
+    engine = _open_engine(teacher, work_dir, options, model) if todo else None
     translated, seconds = 0, 0.0
     for k in todo:
         a, b = spans[k]
@@ -250,19 +271,28 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
         bar.update(b - a)
         bar.set_postfix(empty=record["empty"], runaway=record["runaway"])
     bar.close()
+    barrier(dist)
+    if dist.is_main:
+        _merge_shards(out_path, shards_dir, work_dir, spans, settings, options, translated, seconds)
+    barrier(dist)
+    return json.loads(out_path.with_name(out_path.name + ".json").read_text(encoding="utf-8"))
 
+
+def _merge_shards(out_path: Path, shards_dir: Path, work_dir: Path, spans: list[tuple[int, int]], settings: dict,
+                  options: DistillationOptions, translated: int, seconds: float) -> None:
+    """Write the targets file from the shards, then its report beside it."""
+    sources = spans[-1][1] if spans else 0
     records = [json.loads((shards_dir / f"{k:06d}.json").read_text(encoding="utf-8")) for k in range(len(spans))]
     text = "".join((shards_dir / f"{k:06d}.txt").read_text(encoding="utf-8") for k in range(len(spans)))
-    if text.count("\n") != len(sources):  # cannot happen unless the shards were edited by hand
-        raise TiekdError(f"{shards_dir}: the shards hold {text.count(chr(10))} lines for {len(sources)} sources. "
+    if text.count("\n") != sources:  # cannot happen unless the shards were edited by hand
+        raise TiekdError(f"{shards_dir}: the shards hold {text.count(chr(10))} lines for {sources} sources. "
                          f"Fix: delete {work_dir} and build again")
     atomic_write_text(out_path, text)
-    report = {**settings, "threads": options.threads, "out": str(out_path), "sentences": len(sources),
+    report = {**settings, "threads": options.threads, "out": str(out_path), "sentences": sources,
               **{key: sum(r[key] for r in records) for key in ("empty", "runaway", "not_1best")},
               "translated_now": translated,
               "sentences_per_s": translated / seconds if seconds > 0 else None}
     atomic_write_json(out_path.with_name(out_path.name + ".json"), report)
-    return report
 
 
 def _check_same_settings(path: Path, settings: dict) -> None:

@@ -33,7 +33,7 @@ from .tokenizer import load_tokenizer
 from .training.build import (build_student, check_model_arguments, load_teacher, make_optimizer,
                              make_run_scheduler, parallelise, seed_everything)
 from .training.checkpointing import Checkpointer, find_resume_checkpoint, load_student_weights
-from .training.corpus import split_files, training_pair_files
+from .training.corpus import split_files, training_pair_files, uses_teacher_targets
 from .training.devices import autocast_context, pick_device
 from .training.metrics import MetricsLog, train_record
 from .training.replica import UnshardedStudent
@@ -78,9 +78,12 @@ class Trainer:
         self.resume_from = find_resume_checkpoint(self.checkpoint_dir, self.out, not self.quiet) if resume else None
         if self.resume_from is not None:
             load_student_weights(self.student, self.resume_from)  # before sharding: every rank loads the full weights
-        self.teacher = load_teacher(config, *vocab, self.device) if config.uses_teacher else None
-        # seq-kd trains on the teacher's translations with plain CE: the objective needs no teacher
-        online = get_method(config.method).online_teacher
+        # seq-kd trains on the teacher's translations with plain CE: the objective needs no teacher, and
+        # only the pytorch engine decodes them with the loaded model (CTranslate2 reads the folder)
+        method = get_method(config.method)
+        online = method.needs_teacher and method.online_teacher
+        decodes = uses_teacher_targets(config) and config.seq_kd_engine == "pytorch"
+        self.teacher = load_teacher(config, *vocab, self.device) if online or decodes else None
         self.objective = DistillationObjective(self.student, config, self.teacher if online else None)
         self.objective.to(self.device)
         self.fsdp = config.fsdp and self.dist.enabled

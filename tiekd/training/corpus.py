@@ -2,9 +2,8 @@
 
 The training targets are the prepared data's own, or with sequence-level KD (Kim & Rush 2016:
 `--method seq-kd`, or `--seq-kd-targets` under another method) the teacher's beam translations of the
-training sources, decoded once into the run folder and reused on resume: by CTranslate2 through
-tiekd/distilled_data.py (the default; n-best lists and chrF selection), or by `generate` through
-tiekd/seqkd.py.
+training sources, decoded once into the run folder by tiekd/distilled_data.py and reused on resume:
+with CTranslate2 (the default; n-best lists and chrF selection) or with `generate` on the loaded teacher.
 """
 
 from __future__ import annotations
@@ -33,22 +32,20 @@ def uses_teacher_targets(config: RunConfig) -> bool:
 def training_pair_files(config: RunConfig, prepared, teacher, tokenizer, out: Path, dist: DistInfo,
                         quiet: bool) -> tuple[Path, Path]:
     """(source, target) files of the training split; with sequence-level KD the target file is the
-    teacher's translations (`out/seqkd/train.hyp`; every rank takes part in decoding them)."""
+    teacher's translations (`out/seqkd/train.hyp`; every rank takes part in decoding them). `teacher` is
+    the loaded teacher, needed only by the pytorch engine."""
     source, target = split_files(prepared, config.train_split)
     if not uses_teacher_targets(config):
         return source, target
     work = Path(out) / "seqkd"
-    if config.seq_kd_engine == "pytorch" or (work / "train.hyp").is_file():  # (a resumed run keeps its targets)
-        from ..seqkd import teacher_targets
-
-        return source, teacher_targets(teacher, tokenizer, source, work, beam=config.seq_kd_beam, dist=dist,
-                                       quiet=quiet)
+    if (work / "train.hyp").is_file():  # a resumed run keeps its targets
+        return source, work / "train.hyp"
     from ..distilled_data import DistillationOptions, build_distilled_data
-    from ..distributed import barrier
 
-    if dist.is_main:  # one CTranslate2 process decodes; the other ranks wait for its file
-        options = DistillationOptions(beam=config.seq_kd_beam, nbest=config.seq_kd_nbest, select=config.seq_kd_select)
-        build_distilled_data(config.teacher, source, work / "train.hyp", target if config.seq_kd_select == "chrf"
-                             else None, work_dir=work / "shards-work", options=options, quiet=quiet)
-    barrier(dist)
+    options = DistillationOptions(engine=config.seq_kd_engine, beam=config.seq_kd_beam, nbest=config.seq_kd_nbest,
+                                  select=config.seq_kd_select)
+    # every rank decodes its share of the shards; the pytorch engine decodes with the loaded teacher
+    build_distilled_data(config.teacher, source, work / "train.hyp", target if config.seq_kd_select == "chrf" else None,
+                         work_dir=work / "shards-work", options=options, quiet=quiet, dist=dist,
+                         model=teacher if config.seq_kd_engine == "pytorch" else None)
     return source, work / "train.hyp"
