@@ -120,7 +120,8 @@ class RunConfig:
     seq_kd_beam: int = setting(4, "beam size for the teacher's translations of the training set", bounds=">= 1",
                                distill_only=True)
     seq_kd_engine: str = setting("ctranslate2", "what decodes the teacher's translations: ctranslate2 (tiekd "
-                                 "distill-data: batched, n-best) or pytorch (`generate`, shared over torchrun ranks)",
+                                 "distill-data: batched, n-best) or pytorch (`generate` on the loaded teacher); both share the "
+                                 "shards over torchrun ranks",
                                  choices=("ctranslate2", "pytorch"), distill_only=True)
     seq_kd_nbest: int = setting(1, "hypotheses the teacher keeps per sentence (ctranslate2 engine)", bounds=">= 1",
                                 distill_only=True)
