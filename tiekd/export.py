@@ -63,7 +63,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
     tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         from ctranslate2.converters import TransformersConverter
-        from transformers import AutoModelForSeq2SeqLM
+        from transformers import AutoConfig
 
         converter = TransformersConverter(str(model_dir))
         try:
@@ -73,11 +73,8 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
             raise TiekdError(f"{model_dir}: CTranslate2 could not convert the model ({type(exc).__name__}: "
                              f"{exc}). Fix: check that the folder holds a complete Marian/seq2seq model "
                              "whose vocabulary size matches its tokenizer") from exc
-        # loaded again here, through public APIs only, for the start-embedding check and the metadata
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
-        _warn_if_start_embedding_not_zero(model, model_dir)
-        config = model.config
-        del model
+        config = AutoConfig.from_pretrained(str(model_dir))
+        _warn_if_start_embedding_not_zero(model_dir, config)
         load_tokenizer(model_dir).save_pretrained(str(tmp_dir))
         (tmp_dir / "tiekd_export.json").write_text(json.dumps({
             "source_model": str(model_dir.resolve()), "quantization": quantization,
@@ -91,13 +88,29 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
     return out_dir
 
 
-def _warn_if_start_embedding_not_zero(model, model_dir: Path) -> None:
+def _start_embedding_row(model_dir: Path, config) -> torch.Tensor:
+    """The decoder start token's row of the shared embedding. From a safetensors file only that row is
+    read (the converter has just loaded the whole model once); other folders load the model."""
+    start_id = config.decoder_start_token_id
+    weights = model_dir / "model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as tensors:
+            for key in ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
+                if key in tensors.keys():
+                    return tensors.get_slice(key)[start_id:start_id + 1][0]
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)).get_input_embeddings().weight[start_id].detach()
+
+
+def _warn_if_start_embedding_not_zero(model_dir: Path, config) -> None:
     # CTranslate2 starts Marian decoders from a zero vector; HF starts from the `<pad>` embedding.
-    if model is None or getattr(model.config, "model_type", None) != "marian":
+    if getattr(config, "model_type", None) != "marian":
         return
-    start_id = model.config.decoder_start_token_id
-    row = model.get_input_embeddings().weight[start_id]
-    if row.abs().max().item() != 0.0:
+    start_id = config.decoder_start_token_id
+    if _start_embedding_row(model_dir, config).abs().max().item() != 0.0:
         warnings.warn(f"{model_dir}: the decoder start (<pad>, id {start_id}) embedding is not zero, so "
                       "CTranslate2 (which starts from a zero embedding) will translate differently from "
                       "Hugging Face. Train with tiekd.models.keep_pad_embedding_zero to avoid this", stacklevel=3)
