@@ -10,12 +10,17 @@ warm-up. Printed: output words/s (whitespace-separated words of the translations
 decoding), the speed ratio to the first model (the teacher) in the same setting, model size on disk
 in MB, and sacreBLEU BLEU / chrF of those translations. PyTorch decoding is slow on CPU, so
 `--pytorch-sentences` (default 300) limits its share; CTranslate2 translates all `--sentences`.
+
+Every measurement runs in a fresh process: PyTorch's OpenMP threads and CTranslate2's, left in one
+process, slowed CTranslate2 at 2 threads to 0.43x its 1-thread speed here, where alone it runs 1.45x
+faster. Each setting takes the fastest of `--repeats` timed runs (the machine is noisy).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +33,54 @@ def folder_mb(path: Path, names: tuple[str, ...]) -> float:
     return sum((path / name).stat().st_size for name in names if (path / name).is_file()) / 1e6
 
 
+def measure(spec: dict) -> dict:
+    """Translate the first sentences with one model, engine, thread count and beam; return its row."""
+    import sacrebleu
+    import torch
+
+    from tiekd.export import CTranslate2Translator
+    from tiekd.io import read_lines
+    from tiekd.models import load_model
+    from tiekd.tokenizer import load_tokenizer
+    from tiekd.translate import DecodeOptions, translate_sentences
+
+    count, beam = spec["sentences"], spec["beam"]
+    sources, references = read_lines(spec["source"])[:count], read_lines(spec["reference"])[:count]
+    if spec["engine"] == "pytorch":
+        torch.set_num_threads(spec["threads"])
+        model, tokenizer = load_model(spec["folder"]), load_tokenizer(spec["folder"])
+        options = DecodeOptions(beam=beam, length_penalty=spec["lenpen"], batch_sentences=32, progress=False)
+        translate = lambda text: translate_sentences(model, tokenizer, text, options)
+        size = folder_mb(Path(spec["folder"]), ("model.safetensors",))
+    else:
+        translator = CTranslate2Translator(spec["export"], intra_threads=spec["threads"])
+        translate = lambda text: translator.translate(text, beam_size=beam, length_penalty=spec["lenpen"],
+                                                      batch_size=32)
+        size = folder_mb(Path(spec["export"]), ("model.bin",))
+    translate(sources[:16])  # warm-up
+    fastest = float("inf")
+    for _ in range(spec["repeats"]):
+        started = time.perf_counter()
+        hyps = translate(sources)
+        fastest = min(fastest, time.perf_counter() - started)
+    return {key: spec[key] for key in ("model", "engine", "threads", "beam", "sentences")} | {
+        "words_per_s": sum(len(h.split()) for h in hyps) / fastest, "size_mb": size,
+        "bleu": sacrebleu.corpus_bleu(hyps, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hyps, [references]).score}
+
+
+def in_fresh_process(spec: dict) -> dict:
+    command = [sys.executable, __file__, "--source", spec["source"], "--reference", spec["reference"],
+               "--measure", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {spec['model']} {spec['engine']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
+    parser.add_argument("--model", action="append", metavar="NAME=DIR",
                         help="a model folder with its label; the first is the reference for the ratios")
     parser.add_argument("--source", required=True)
     parser.add_argument("--reference", required=True)
@@ -40,20 +90,21 @@ def main() -> None:
     parser.add_argument("--beams", default="1,4")
     parser.add_argument("--engines", default="pytorch,ct2-float32,ct2-int8")
     parser.add_argument("--lenpen", type=float, default=0.6)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the fastest counts")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one setting, in the fresh process main() starts
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
+    if not args.model:
+        parser.error("give at least one --model NAME=DIR (the first is the reference for the ratios)")
 
-    import sacrebleu
-    import torch
-
-    from tiekd.export import CTranslate2Translator, export_ctranslate2
+    from tiekd.export import export_ctranslate2
     from tiekd.io import read_lines
-    from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.translate import DecodeOptions, translate_sentences
 
     models = [spec.split("=", 1) for spec in args.model]
-    sources, references = read_lines(args.source)[:args.sentences], read_lines(args.reference)[:args.sentences]
+    available = len(read_lines(args.source))
     threads = [int(t) for t in args.threads.split(",")]
     beams = [int(b) for b in args.beams.split(",")]
     engines = args.engines.split(",")
@@ -69,31 +120,13 @@ def main() -> None:
             for thread_count in threads:
                 for beam in beams:
                     for name, folder in models:
-                        if engine == "pytorch":
-                            torch.set_num_threads(thread_count)
-                            model, tokenizer = load_model(folder), load_tokenizer(folder)
-                            options = DecodeOptions(beam=beam, length_penalty=args.lenpen, batch_sentences=32,
-                                                    progress=False)
-                            count = min(args.pytorch_sentences, len(sources))
-                            translate = lambda text: translate_sentences(model, tokenizer, text, options)
-                            size = folder_mb(Path(folder), ("model.safetensors",))
-                        else:
-                            count = len(sources)
-                            export = exports[name, engine.removeprefix("ct2-")]
-                            translator = CTranslate2Translator(export, intra_threads=thread_count)
-                            translate = lambda text, t=translator: t.translate(text, beam_size=beam,
-                                                                               length_penalty=args.lenpen,
-                                                                               batch_size=32)
-                            size = folder_mb(export, ("model.bin",))
-                        translate(sources[:16])  # warm-up
-                        started = time.perf_counter()
-                        hyps = translate(sources[:count])
-                        seconds = time.perf_counter() - started
-                        refs = references[:count]
-                        rows.append({"model": name, "engine": engine, "threads": thread_count, "beam": beam,
-                                     "sentences": count, "words_per_s": sum(len(h.split()) for h in hyps) / seconds,
-                                     "size_mb": size, "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
-                                     "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score})
+                        count = min(args.pytorch_sentences if engine == "pytorch" else args.sentences, available)
+                        export = exports.get((name, engine.removeprefix("ct2-")))
+                        rows.append(in_fresh_process({
+                            "model": name, "folder": folder, "export": str(export) if export else None,
+                            "engine": engine, "threads": thread_count, "beam": beam, "sentences": count,
+                            "lenpen": args.lenpen, "repeats": args.repeats, "source": args.source,
+                            "reference": args.reference}))
     reference_model = models[0][0]
     base = {(r["engine"], r["threads"], r["beam"]): r["words_per_s"] for r in rows if r["model"] == reference_model}
     print(f"{'model':14} {'engine':12} {'thr':>3} {'beam':>4} {'sent':>5} {'words/s':>9} "
