@@ -88,7 +88,11 @@ def main() -> None:
     parser.add_argument("--pytorch-sentences", type=int, default=300, help="first N sentences for PyTorch")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--beams", default="1,4")
-    parser.add_argument("--engines", default="pytorch,ct2-float32,ct2-int8")
+    parser.add_argument("--engines", default="pytorch,ct2-float32,ct2-int8",
+                        help="pytorch, ct2-float32, ct2-int8, and ct2-float32-shortlist / ct2-int8-shortlist "
+                             "(a lexical shortlist built from --shortlist's parallel text)")
+    parser.add_argument("--shortlist", nargs=2, metavar=("SOURCE", "TARGET"),
+                        help="parallel text for the -shortlist engines (e.g. the training data)")
     parser.add_argument("--lenpen", type=float, default=0.6)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the fastest counts")
     parser.add_argument("--json", help="also write the rows here")
@@ -112,10 +116,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exports = {}
         for name, folder in models:  # every export before any clock starts
-            for quantization in ("float32", "int8"):
-                if f"ct2-{quantization}" in engines:
-                    exports[name, quantization] = export_ctranslate2(folder, Path(tmp) / name / quantization,
-                                                                     quantization=quantization)
+            vocabulary_map = None
+            if any(engine.endswith("-shortlist") for engine in engines):
+                if not args.shortlist:
+                    parser.error("the -shortlist engines need --shortlist SOURCE TARGET")
+                from tiekd.shortlist import write_vocabulary_map
+                from tiekd.tokenizer import load_tokenizer
+
+                vocabulary_map = Path(tmp) / name / "vmap.txt"
+                vocabulary_map.parent.mkdir(parents=True)
+                write_vocabulary_map(load_tokenizer(folder), *args.shortlist, vocabulary_map)
+            for engine in engines:
+                if engine.startswith("ct2-"):
+                    kind = engine.removeprefix("ct2-")
+                    exports[name, kind] = export_ctranslate2(
+                        folder, Path(tmp) / name / kind, quantization=kind.removesuffix("-shortlist"),
+                        vocabulary_map=vocabulary_map if kind.endswith("-shortlist") else None)
         for engine in engines:
             for thread_count in threads:
                 for beam in beams:

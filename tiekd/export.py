@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .errors import TiekdError
 from .io import replace_dir
+from .shortlist import ShortlistOptions
 from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
 from .translate import MAX_DECODE_LENGTH
 
@@ -36,8 +37,11 @@ QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16
 
 
 def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization: str = "int8",
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, vocabulary_map: str | Path | None = None) -> Path:
     """Convert the model folder `model_dir` into a self-contained CTranslate2 folder `out_dir`.
+
+    `vocabulary_map`: a lexical shortlist (`vmap.txt`, tiekd/shortlist.py) stored with the model;
+    CTranslate2Translator then decodes over each batch's candidate tokens only.
 
     The folder is built in a temporary sibling and renamed into place at the end, so `out_dir` is
     either complete or untouched. Returns `out_dir`.
@@ -68,7 +72,8 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
         converter = TransformersConverter(str(model_dir))
         try:
             # force: `convert` refuses existing folders, and ours is the empty temporary one
-            converter.convert(str(tmp_dir), quantization=quantization, force=True)
+            converter.convert(str(tmp_dir), vmap=str(vocabulary_map) if vocabulary_map else None,
+                              quantization=quantization, force=True)
         except (ValueError, RuntimeError, NotImplementedError, OSError) as exc:
             raise TiekdError(f"{model_dir}: CTranslate2 could not convert the model ({type(exc).__name__}: "
                              f"{exc}). Fix: check that the folder holds a complete Marian/seq2seq model "
@@ -78,6 +83,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
         load_tokenizer(model_dir).save_pretrained(str(tmp_dir))
         (tmp_dir / "tiekd_export.json").write_text(json.dumps({
             "source_model": str(model_dir.resolve()), "quantization": quantization,
+            "vocabulary_map": bool(vocabulary_map),
             "max_source_positions": getattr(config, "max_position_embeddings", None),
             "ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__,
         }, indent=2) + "\n", encoding="utf-8")
@@ -120,10 +126,17 @@ class CTranslate2Translator:
     """Translate with an exported folder: its tokenizer in, CTranslate2 beam search, tokenizer out."""
 
     def __init__(self, folder: str | Path, device: str = "cpu", inter_threads: int = 1, intra_threads: int = 0,
-                 compute_type: str = "default"):
+                 compute_type: str = "default", use_shortlist: bool | None = None):
+        """`use_shortlist`: decode over the vocabulary map's candidates (tiekd/shortlist.py); None uses
+        it whenever the folder has one (`vmap.txt`)."""
         import ctranslate2
 
         self.folder = Path(folder)
+        has_map = (self.folder / "vmap.txt").is_file()
+        if use_shortlist and not has_map:
+            raise TiekdError(f"{self.folder}: no vocabulary map (vmap.txt) to shortlist with. Fix: export with "
+                             "--shortlist SOURCE TARGET, or translate without the shortlist")
+        self.use_shortlist = has_map if use_shortlist is None else use_shortlist
         if not (self.folder / "model.bin").is_file():
             raise TiekdError(f"{self.folder}: not a CTranslate2 folder (no model.bin). "
                              "Fix: create one with `tiekd export MODEL_DIR --out FOLDER`")
@@ -162,7 +175,7 @@ class CTranslate2Translator:
         results = self.translator.translate_batch(
             source_tokens, max_batch_size=batch_size, beam_size=beam_size, length_penalty=length_penalty,
             max_decoding_length=max_length, min_decoding_length=min_length, max_input_length=0 if limit else 1024,
-            num_hypotheses=num_hypotheses,
+            num_hypotheses=num_hypotheses, use_vmap=self.use_shortlist,
         )
         return [result.hypotheses for result in results]
 
@@ -177,9 +190,27 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantization", default="int8", choices=QUANTIZATIONS,
                         help="weight type (default int8: smallest and fastest on CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    defaults = ShortlistOptions()
+    parser.add_argument("--shortlist", nargs=2, metavar=("SOURCE", "TARGET"),
+                        help="build a lexical shortlist from this parallel text (e.g. the training data) and store it "
+                             "with the model: CTranslate2 then decodes over each batch's candidate tokens only")
+    parser.add_argument("--shortlist-per-token", type=int, default=defaults.per_token,
+                        help="candidate target tokens per source token")
+    parser.add_argument("--shortlist-frequent", type=int, default=defaults.frequent,
+                        help="most frequent target tokens, candidates for every sentence")
 
 
 def run_export(args: argparse.Namespace) -> None:
-    out_dir = export_ctranslate2(args.model_dir, args.out, args.quantization, args.overwrite)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocabulary_map = None
+        if args.shortlist:
+            from .shortlist import write_vocabulary_map
+
+            options = ShortlistOptions(per_token=args.shortlist_per_token, frequent=args.shortlist_frequent)
+            vocabulary_map = Path(tmp) / "vmap.txt"
+            report = write_vocabulary_map(load_tokenizer(args.model_dir), *args.shortlist, vocabulary_map, options)
+            print(f"shortlist: {report['source_tokens_with_rules']} source tokens with on average "
+                  f"{report['mean_candidates_per_rule']:.0f} candidates, {report['always']} always")
+        out_dir = export_ctranslate2(args.model_dir, args.out, args.quantization, args.overwrite, vocabulary_map)
     size = sum(path.stat().st_size for path in out_dir.iterdir() if path.is_file())
     print(f"wrote {out_dir} ({args.quantization}, {size / 2**20:.1f} MiB)")

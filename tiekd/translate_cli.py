@@ -20,6 +20,9 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     parser.add_argument("--engine", choices=("pytorch", "ctranslate2"), default="pytorch")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--no-shortlist", action="store_true",
+                        help="with --engine ctranslate2: decode over the whole vocabulary even where the export "
+                             "has a lexical shortlist (vmap.txt)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -38,7 +41,7 @@ def run_translate(args: argparse.Namespace) -> int:
         from .export import CTranslate2Translator
 
         device = "cuda" if args.device in ("auto", "cuda") and _has_cuda() else "cpu"
-        translator = CTranslate2Translator(args.model, device=device)
+        translator = CTranslate2Translator(args.model, device=device, use_shortlist=False if args.no_shortlist else None)
         hyps = translator.translate(sentences, beam_size=beam, length_penalty=args.lenpen,
                                     max_length=args.max_length, batch_size=args.batch_size)
     else:

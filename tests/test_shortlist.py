@@ -1,0 +1,97 @@
+"""Lexical shortlists (CTranslate2 vocabulary maps): the rules, and decoding restricted to them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from conftest import head
+from tiekd.errors import TiekdError
+from tiekd.export import CTranslate2Translator, add_export_arguments, export_ctranslate2, run_export
+from tiekd.shortlist import ShortlistOptions, vocabulary_map_rules, write_vocabulary_map
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory, multi30k):
+    root = tmp_path_factory.mktemp("shortlist")
+    for lang in ("de", "en"):
+        (root / f"train.{lang}").write_text("\n".join(head(multi30k / f"train.{lang}", 1000)) + "\n", encoding="utf-8")
+    return root / "train.de", root / "train.en"
+
+
+def test_candidates_are_the_most_frequent_targets_and_each_tokens_co_occurring_ones(tmp_path, teacher_dir):
+    from tiekd.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher_dir)
+    # "Hund" always comes with "dog", "Katze" with "cat"; "a" and "." are in every target
+    (tmp_path / "s.de").write_text("Ein Hund.\nEin Hund.\nEine Katze.\nEine Katze.\nEin Hund.\n", encoding="utf-8")
+    (tmp_path / "t.en").write_text("a dog.\na dog.\na cat.\na cat.\na dog.\n", encoding="utf-8")
+    always, rules = vocabulary_map_rules(tokenizer, tmp_path / "s.de", tmp_path / "t.en",
+                                         ShortlistOptions(per_token=1, frequent=2, min_count=2))
+    target_tokens = lambda text: [t for t in tokenizer.convert_ids_to_tokens(tokenizer(text_target=text).input_ids)
+                                  if t not in tokenizer.all_special_tokens]
+    assert set(always) == set(target_tokens("a dog.")) & set(target_tokens("a cat."))  # in all five targets
+    assert all(len(c) == 1 for c in rules.values())
+    for source, target in (("Hund", "dog"), ("Katze", "cat")):
+        for token in tokenizer.convert_ids_to_tokens(tokenizer(source).input_ids)[:-1]:
+            # a source token seen only with one word: its single candidate is a piece of that word
+            assert rules[token][0] in target_tokens(target), (token, rules[token])
+
+
+def test_bad_input_names_the_file_and_the_fix(tmp_path, teacher_dir):
+    from tiekd.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher_dir)
+    (tmp_path / "s.de").write_text("Ein Hund.\nEine Katze.\n", encoding="utf-8")
+    (tmp_path / "t.en").write_text("a dog.\n", encoding="utf-8")
+    with pytest.raises(TiekdError, match=r"t\.en: 1 lines, but .*s\.de has 2.*Fix"):
+        vocabulary_map_rules(tokenizer, tmp_path / "s.de", tmp_path / "t.en")
+    with pytest.raises(TiekdError, match="per_token must be at least 1"):
+        vocabulary_map_rules(tokenizer, tmp_path / "s.de", tmp_path / "s.de", ShortlistOptions(per_token=0))
+
+
+def test_decoding_with_a_shortlist_emits_only_candidates_and_a_full_one_changes_nothing(
+        tmp_path, teacher_dir, parallel, multi30k):
+    from tiekd.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher_dir)
+    sources = head(multi30k / "val.de", 30)
+    plain = CTranslate2Translator(export_ctranslate2(teacher_dir, tmp_path / "plain", quantization="float32"))
+    assert not plain.use_shortlist
+
+    # every token a candidate: the same translations as without a map
+    everything = ShortlistOptions(frequent=len(tokenizer.get_vocab()))
+    write_vocabulary_map(tokenizer, *parallel, tmp_path / "all.txt", everything)
+    full = CTranslate2Translator(export_ctranslate2(teacher_dir, tmp_path / "full", quantization="float32",
+                                                    vocabulary_map=tmp_path / "all.txt"))
+    assert full.use_shortlist
+    assert full.translate_tokens(sources, max_length=24) == plain.translate_tokens(sources, max_length=24)
+
+    # a small map: each output token is a candidate of its batch (batch of one sentence here)
+    small = ShortlistOptions(per_token=3, frequent=20)
+    always, rules = vocabulary_map_rules(tokenizer, *parallel, small)
+    write_vocabulary_map(tokenizer, *parallel, tmp_path / "small.txt", small)
+    restricted = CTranslate2Translator(export_ctranslate2(teacher_dir, tmp_path / "small", quantization="float32",
+                                                          vocabulary_map=tmp_path / "small.txt"))
+    for sentence in sources[:10]:
+        allowed = set(always) | set(tokenizer.all_special_tokens)
+        for token in tokenizer.convert_ids_to_tokens(tokenizer(sentence).input_ids):
+            allowed |= set(rules.get(token, []))
+        output = restricted.translate_tokens([sentence], max_length=24)[0][0]
+        assert set(output) <= allowed, set(output) - allowed
+    # and the whole vocabulary again on request
+    unrestricted = CTranslate2Translator(tmp_path / "small", use_shortlist=False)
+    assert unrestricted.translate_tokens(sources, max_length=24) == plain.translate_tokens(sources, max_length=24)
+    with pytest.raises(TiekdError, match="no vocabulary map"):
+        CTranslate2Translator(tmp_path / "plain", use_shortlist=True)
+
+
+def test_export_command_builds_and_stores_the_shortlist(tmp_path, teacher_dir, parallel, capsys):
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    run_export(parser.parse_args([str(teacher_dir), "--out", str(tmp_path / "ct2"), "--shortlist", *map(str, parallel),
+                                  "--shortlist-per-token", "10"]))
+    out = capsys.readouterr().out
+    assert "shortlist:" in out and "100 always" in out
+    assert (tmp_path / "ct2" / "vmap.txt").is_file() and CTranslate2Translator(tmp_path / "ct2").use_shortlist
