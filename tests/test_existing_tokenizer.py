@@ -107,6 +107,13 @@ def test_an_opus_layout_teacher_is_distilled_translated_and_averaged(opus_layout
     # a teacher whose vocabulary is not the data's is refused, naming both
     with pytest.raises(TiekdError, match="vocabulary .* differs"):
         run_training(small_config(prepared, tmp_path / "mismatch", method="word-kd", teacher=str(teacher)), quiet=True)
+    # ...but sequence-level KD passes text, not distributions: CTranslate2 decodes the teacher's own
+    # vocabulary and the student's tokenizer reads its translations
+    summary = run_training(small_config(prepared, tmp_path / "seq", method="seq-kd", teacher=str(teacher),
+                                        max_updates=2, train_split="valid", valid_bleu=False, valid_every=100,
+                                        seq_kd_beam=1), quiet=True)
+    targets = (tmp_path / "seq" / "seqkd" / "train.hyp").read_text(encoding="utf-8").splitlines()
+    assert summary["step"] == 2 and len(targets) == 100
 
 
 def test_a_folder_without_a_tokenizer_is_refused_clearly(opus_layout, tmp_path):
