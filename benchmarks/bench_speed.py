@@ -36,23 +36,26 @@ def folder_mb(path: Path, names: tuple[str, ...]) -> float:
 def measure(spec: dict) -> dict:
     """Translate the first sentences with one model, engine, thread count and beam; return its row."""
     import sacrebleu
-    import torch
 
-    from tiekd.export import CTranslate2Translator
     from tiekd.io import read_lines
-    from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.translate import DecodeOptions, translate_sentences
 
     count, beam = spec["sentences"], spec["beam"]
     sources, references = read_lines(spec["source"])[:count], read_lines(spec["reference"])[:count]
-    if spec["engine"] == "pytorch":
+    if spec["engine"] == "pytorch":  # (imported here only: CTranslate2's processes run without PyTorch's threads)
+        import torch
+
+        from tiekd.models import load_model
+        from tiekd.tokenizer import load_tokenizer
+        from tiekd.translate import DecodeOptions, translate_sentences
+
         torch.set_num_threads(spec["threads"])
         model, tokenizer = load_model(spec["folder"]), load_tokenizer(spec["folder"])
         options = DecodeOptions(beam=beam, length_penalty=spec["lenpen"], batch_sentences=32, progress=False)
         translate = lambda text: translate_sentences(model, tokenizer, text, options)
         size = folder_mb(Path(spec["folder"]), ("model.safetensors",))
     else:
+        from tiekd.export import CTranslate2Translator
+
         translator = CTranslate2Translator(spec["export"], intra_threads=spec["threads"])
         translate = lambda text: translator.translate(text, beam_size=beam, length_penalty=spec["lenpen"],
                                                       batch_size=32)
@@ -101,6 +104,8 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure))))
         return
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if not args.model:
         parser.error("give at least one --model NAME=DIR (the first is the reference for the ratios)")
 

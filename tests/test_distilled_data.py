@@ -112,27 +112,45 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
     from tiekd.distributed import DistInfo
     from tiekd.models import load_model
 
+    import tiekd.export
+    import tiekd.models
+
     out, _, _ = one_best_and_chrf
     meeting = threading.Barrier(2, timeout=300)
     monkeypatch.setattr(distilled_data, "barrier", lambda dist: dist.enabled and meeting.wait())
+    exports = []
+    real_export = tiekd.export.export_ctranslate2
+    monkeypatch.setattr(tiekd.export, "export_ctranslate2", lambda *a, **k: exports.append(a) or real_export(*a, **k))
     options = DistillationOptions(beam=4, nbest=1, shard_size=16, max_length=LIMIT)
 
-    def rank(r: int) -> dict:
+    def rank(r: int, work=tmp_path / "work") -> dict:
         return build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "best.en", texts / "ref.en",
-                                    work_dir=tmp_path / "work", options=options, quiet=True, dist=DistInfo(r, 2))
+                                    work_dir=work, options=options, quiet=True, dist=DistInfo(r, 2))
 
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(rank, [0, 1]))
     assert reports[0] == reports[1] and reports[0]["sentences"] == 40
     assert reports[0]["translated_now"] == 16 + 8  # rank 0's shards 0 and 2; rank 1 took shard 1
     assert (tmp_path / "best.en").read_text() == (out / "best.en").read_text()
-    assert len(list((tmp_path / "work").glob("teacher-ct2"))) == 1
+    assert len(exports) == 1  # rank 0 exported the teacher; rank 1 waited for it
+
+    # an error on rank 0 alone (here: a work folder built with other settings) stops both ranks with it
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "settings.json").write_text(json.dumps({"beam": 2}), encoding="utf-8")
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(rank, r, stale) for r in (0, 1)]
+        for future in futures:
+            with pytest.raises(TiekdError, match="other settings"):
+                future.result()
 
     loaded = load_model(str(teacher_dir))
     greedy = DistillationOptions(engine="pytorch", beam=1, max_length=LIMIT)
-    mine = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt.en", options=greedy, quiet=True,
-                                model=loaded)
     theirs = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt2.en", options=greedy, quiet=True)
+    with monkeypatch.context() as patch:  # the loaded teacher is used: nothing is loaded from the folder
+        patch.setattr(tiekd.models, "load_model", lambda *a, **k: pytest.fail("loaded the teacher again"))
+        mine = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt.en", options=greedy, quiet=True,
+                                    model=loaded)
     assert mine["sentences"] == 40 and read_lines(tmp_path / "pt.en") == read_lines(tmp_path / "pt2.en")
 
 

@@ -78,8 +78,9 @@ class _CTranslate2Engine:
         from .export import CTranslate2Translator
 
         self.options = options
+        # the teacher's own outputs: a shortlist stored with an export would restrict them unrecorded
         self.translator = CTranslate2Translator(folder, compute_type=options.compute_type,
-                                                intra_threads=options.threads)
+                                                intra_threads=options.threads, use_shortlist=False)
         self.tokenizer = self.translator.tokenizer
 
     def nbest(self, sentences: list[str]) -> list[list[tuple[str, int, bool]]]:
@@ -246,36 +247,68 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
     _check_teacher_folder(teacher, options)
     size = options.shard_size
     spans = [(start, min(start + size, len(sources))) for start in range(0, len(sources), size)]
-    todo = [k for k, (a, b) in enumerate(spans) if k % dist.world_size == dist.rank
-            and not _shard_is_complete(shards_dir / f"{k:06d}.txt", shards_dir / f"{k:06d}.json", b - a)]
-    if dist.is_main:  # one rank checks the settings and exports the teacher; the others wait for it
-        shards_dir.mkdir(parents=True, exist_ok=True)
-        _check_same_settings(work_dir / "settings.json", settings)
-        if options.engine == "ctranslate2":
-            _exported_teacher(teacher, work_dir)
-    barrier(dist)
-    mine = sum(spans[k][1] - spans[k][0] for k in range(len(spans)) if k % dist.world_size == dist.rank)
-    bar = tqdm(total=mine, initial=mine - sum(spans[k][1] - spans[k][0] for k in todo), desc="distilled data",
-               unit="sent", disable=quiet or not dist.is_main, dynamic_ncols=True)
-    engine = _open_engine(teacher, work_dir, options, model) if todo else None
-    translated, seconds = 0, 0.0
-    for k in todo:
-        a, b = spans[k]
-        started = time.perf_counter()
-        targets, record = _translate_shard(engine, sources[a:b], references[a:b] if references else None, options)
-        seconds += time.perf_counter() - started
-        translated += b - a
-        # text first, record last: a shard counts as done only once both exist and agree
-        atomic_write_text(shards_dir / f"{k:06d}.txt", "".join(t + "\n" for t in targets))
-        atomic_write_json(shards_dir / f"{k:06d}.json", record)
-        bar.update(b - a)
-        bar.set_postfix(empty=record["empty"], runaway=record["runaway"])
-    bar.close()
-    barrier(dist)
-    if dist.is_main:
-        _merge_shards(out_path, shards_dir, work_dir, spans, settings, options, translated, seconds)
-    barrier(dist)
+    left = [k for k, (a, b) in enumerate(spans)
+            if not _shard_is_complete(shards_dir / f"{k:06d}.txt", shards_dir / f"{k:06d}.json", b - a)]
+    todo = [k for k in left if k % dist.world_size == dist.rank]
+
+    def prepare() -> None:  # one rank checks the settings and exports the teacher; the others wait for it
+        if dist.is_main:
+            shards_dir.mkdir(parents=True, exist_ok=True)
+            for stale in work_dir.glob(".failed-*"):
+                stale.unlink()
+            _check_same_settings(work_dir / "settings.json", settings)
+            if options.engine == "ctranslate2" and left:
+                _exported_teacher(teacher, work_dir)
+
+    def translate() -> tuple[int, float]:
+        mine = sum(spans[k][1] - spans[k][0] for k in range(len(spans)) if k % dist.world_size == dist.rank)
+        bar = tqdm(total=mine, initial=mine - sum(spans[k][1] - spans[k][0] for k in todo), desc="distilled data",
+                   unit="sent", disable=quiet or not dist.is_main, dynamic_ncols=True)
+        engine = _open_engine(teacher, work_dir, options, model) if todo else None
+        translated, seconds = 0, 0.0
+        for k in todo:
+            a, b = spans[k]
+            started = time.perf_counter()
+            targets, record = _translate_shard(engine, sources[a:b], references[a:b] if references else None, options)
+            seconds += time.perf_counter() - started
+            translated += b - a
+            # text first, record last: a shard counts as done only once both exist and agree
+            atomic_write_text(shards_dir / f"{k:06d}.txt", "".join(t + "\n" for t in targets))
+            atomic_write_json(shards_dir / f"{k:06d}.json", record)
+            bar.update(b - a)
+            bar.set_postfix(empty=record["empty"], runaway=record["runaway"])
+        bar.close()
+        return translated, seconds
+
+    def merge() -> None:
+        if dist.is_main:
+            _merge_shards(out_path, shards_dir, work_dir, spans, settings, options, *done)
+
+    _together(dist, work_dir, "prepare", prepare)
+    done = _together(dist, work_dir, "translate", translate)
+    _together(dist, work_dir, "merge", merge)
     return json.loads(out_path.with_name(out_path.name + ".json").read_text(encoding="utf-8"))
+
+
+def _together(dist: DistInfo, work_dir: Path, stage: str, action):
+    """Run `action` on this rank, then meet the other ranks; if any rank failed, every rank raises.
+
+    Under torchrun an error on one rank (a settings mismatch on rank 0, a failed export) would otherwise
+    leave the others waiting at the barrier until the launcher kills them, with no message of their
+    own. The failing rank leaves its message in the work folder before it meets the others."""
+    try:
+        result = action()
+    except Exception as exc:
+        if dist.enabled:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(work_dir / f".failed-{stage}-rank{dist.rank}", f"rank {dist.rank}: {exc}")
+            barrier(dist)
+        raise
+    barrier(dist)
+    failed = sorted(work_dir.glob(f".failed-{stage}-rank*")) if dist.enabled else []
+    if failed:
+        raise TiekdError(failed[0].read_text(encoding="utf-8"))
+    return result
 
 
 def _merge_shards(out_path: Path, shards_dir: Path, work_dir: Path, spans: list[tuple[int, int]], settings: dict,

@@ -103,7 +103,7 @@ def _start_embedding_row(model_dir: Path, config) -> torch.Tensor:
         from safetensors import safe_open
 
         with safe_open(str(weights), framework="pt") as tensors:
-            for key in ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
+            for key in ("model.shared.weight", "model.decoder.embed_tokens.weight", "model.encoder.embed_tokens.weight"):
                 if key in tensors.keys():
                     return tensors.get_slice(key)[start_id:start_id + 1][0]
     from transformers import AutoModelForSeq2SeqLM

@@ -71,7 +71,8 @@ def vocabulary_map_rules(tokenizer, source_path: str | Path, target_path: str | 
         raise TiekdError(f"{source_path}: no sentences. Fix: give the training data's parallel text")
     source_sets, target_sets = _token_sets(tokenizer, sources, False), _token_sets(tokenizer, targets, True)
     target_count = Counter(t for tokens in target_sets for t in tokens)
-    always = [t for t, _ in target_count.most_common(options.frequent)]
+    # ties by token: Counter keeps first-seen order, which for tokens from sets depends on the hash seed
+    always = [t for t, _ in sorted(target_count.items(), key=lambda item: (-item[1], item[0]))[:options.frequent]]
     excluded = set(always)
     source_count: Counter = Counter()
     pair_count: dict[str, Counter] = {}
