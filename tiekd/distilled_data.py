@@ -126,9 +126,8 @@ class _PyTorchEngine:
         return out
 
 
-def _check_teacher_folder(teacher: Path, options: DistillationOptions) -> tuple[bool, bool]:
-    """(is a CTranslate2 folder, is a model folder), or a clear error when it is neither or cannot serve."""
-    teacher = Path(teacher)
+def _check_teacher_folder(teacher: Path, options: DistillationOptions) -> None:
+    """A clear error when `teacher` is neither a model folder nor a CTranslate2 folder, or cannot serve."""
     is_ct2 = (teacher / "model.bin").is_file()
     is_model = (teacher / "config.json").is_file()
     if not is_ct2 and not is_model:
@@ -137,7 +136,6 @@ def _check_teacher_folder(teacher: Path, options: DistillationOptions) -> tuple[
     if options.engine == "pytorch" and not is_model:
         raise TiekdError(f"{teacher}: a CTranslate2 folder cannot decode with the pytorch engine. Fix: pass the "
                          "model folder, or use the ctranslate2 engine")
-    return is_ct2, is_model
 
 
 def _exported_teacher(teacher: Path, work_dir: Path) -> Path:

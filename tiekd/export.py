@@ -132,14 +132,14 @@ class CTranslate2Translator:
         import ctranslate2
 
         self.folder = Path(folder)
+        if not (self.folder / "model.bin").is_file():
+            raise TiekdError(f"{self.folder}: not a CTranslate2 folder (no model.bin). "
+                             "Fix: create one with `tiekd export MODEL_DIR --out FOLDER`")
         has_map = (self.folder / "vmap.txt").is_file()
         if use_shortlist and not has_map:
             raise TiekdError(f"{self.folder}: no vocabulary map (vmap.txt) to shortlist with. Fix: export with "
                              "--shortlist SOURCE TARGET, or translate without the shortlist")
         self.use_shortlist = has_map if use_shortlist is None else use_shortlist
-        if not (self.folder / "model.bin").is_file():
-            raise TiekdError(f"{self.folder}: not a CTranslate2 folder (no model.bin). "
-                             "Fix: create one with `tiekd export MODEL_DIR --out FOLDER`")
         try:
             self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
                                                      inter_threads=inter_threads, intra_threads=intra_threads)

@@ -47,16 +47,14 @@ class ShortlistOptions:
             raise TiekdError("shortlist: " + "; ".join(bad) + ". Fix: change those options")
 
 
-def _token_sets(tokenizer, lines: list[str], target: bool, batch: int = 2048) -> list[set[str]]:
+def _token_sets(tokenizer, lines: list[str], target: bool) -> list[set[str]]:
     """Each line's set of subword tokens as the model's tokenizer writes them (targets with the target
     side's SentencePiece model where the two differ, as in OPUS-MT), special tokens left out."""
+    from .batching import encode_texts
+
     special = set(tokenizer.all_special_tokens)
-    sets = []
-    for start in range(0, len(lines), batch):
-        chunk = lines[start:start + batch]
-        encoded = tokenizer(text_target=chunk).input_ids if target else tokenizer(chunk).input_ids
-        sets.extend({t for t in tokenizer.convert_ids_to_tokens(ids) if t not in special} for ids in encoded)
-    return sets
+    return [{t for t in tokenizer.convert_ids_to_tokens(ids) if t not in special}
+            for ids in encode_texts(tokenizer, lines, target=target)]
 
 
 def vocabulary_map_rules(tokenizer, source_path: str | Path, target_path: str | Path,

@@ -91,8 +91,7 @@ class Trainer:
         self.unsharded = UnshardedStudent(self.student, self.device, self.fsdp)
 
         max_positions = self.student.config.max_position_embeddings
-        train_files = training_pair_files(config, self.prepared, self.teacher, self.tokenizer, self.out, self.dist,
-                                          self.quiet)
+        train_files = training_pair_files(config, self.prepared, self.teacher, self.out, self.dist, self.quiet)
         self.train_corpus = batching.encode_pair_files(self.tokenizer, *train_files, max_positions)
         self.validator = Validator(self.tokenizer, *split_files(self.prepared, config.valid_split), config, self.dist,
                                    self.device, max_positions)

@@ -29,7 +29,7 @@ def uses_teacher_targets(config: RunConfig) -> bool:
     return config.seq_kd_targets or get_method(config.method).teacher_targets
 
 
-def training_pair_files(config: RunConfig, prepared, teacher, tokenizer, out: Path, dist: DistInfo,
+def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: DistInfo,
                         quiet: bool) -> tuple[Path, Path]:
     """(source, target) files of the training split; with sequence-level KD the target file is the
     teacher's translations (`out/seqkd/train.hyp`; every rank takes part in decoding them). `teacher` is
