@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -246,6 +247,29 @@ def test_seq_kd_method_end_to_end(prepared, teacher_dir, tmp_path):
     assert summary["step"] == 2
     first = read_records(out)[0]
     assert first["loss"] == pytest.approx(ce / batch.num_target_tokens, rel=1e-5) and "kd" not in first
+
+
+def test_seq_kd_with_the_pytorch_engine_drops_its_teacher_after_decoding(prepared, teacher_dir, tmp_path,
+                                                                          monkeypatch):
+    """The pytorch engine decodes the targets with a loaded teacher, which training then lets go of
+    (plain CE needs none); a resumed run, whose targets exist, does not load it at all."""
+    from tiekd import trainer as trainer_module
+    from tiekd.trainer import Trainer
+
+    loads = []
+    original = trainer_module.load_teacher
+    monkeypatch.setattr(trainer_module, "load_teacher", lambda *args: loads.append(1) or original(*args))
+    out = tmp_path / "run"
+    config = small_config(prepared, out, method="seq-kd", teacher=str(teacher_dir), max_updates=2, train_split="valid",
+                          valid_bleu=False, valid_every=100, seq_kd_beam=1, seq_kd_engine="pytorch", save_every=2)
+    trainer = Trainer(config, quiet=True)
+    assert len(loads) == 1 and trainer.teacher is None and trainer.objective.teacher is None
+    assert not (out / "seqkd" / "shards-work" / "teacher-ct2").exists()  # decoded by PyTorch, not CTranslate2
+    targets = (out / "seqkd" / "train.hyp").read_text(encoding="utf-8")
+    assert trainer.fit()["step"] == 2
+    resumed = Trainer(dataclasses.replace(config, max_updates=3), resume=True, quiet=True)
+    assert len(loads) == 1 and resumed.teacher is None
+    assert (out / "seqkd" / "train.hyp").read_text(encoding="utf-8") == targets
 
 
 def test_iterative_passes_start_at_iterative_start_update(prepared, teacher_dir, tmp_path, monkeypatch):

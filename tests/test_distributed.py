@@ -100,6 +100,38 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(command, upd
     assert summary["step"] == 3 and summary["interrupted"] is False
 
 
+# rank 1 arrives 5 s after rank 0, while the default group gives up after 2 s (as NCCL's does after 10
+# minutes while one rank is still decoding its share of a corpus)
+LATE_RANK = """
+import sys, time
+from datetime import timedelta
+import torch.distributed as dist
+from tiekd import distributed
+dist.init_process_group("gloo", timeout=timedelta(seconds=2))
+info = distributed.init_distributed("cpu")
+if info.rank == 1:
+    time.sleep(5)
+try:
+    (distributed.wait_for_all if sys.argv[1] == "long" else distributed.barrier)(info)
+    print(f"rank {info.rank} met", flush=True)
+except RuntimeError:
+    print(f"rank {info.rank} gave up", flush=True)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.parametrize("wait, outcome", [("long", "met"), ("short", "gave up")])
+def test_long_uneven_waits_outlast_the_default_timeout(wait, outcome, tmp_path):
+    """wait_for_all (used after decoding shards and after rank 0's export) waits past the default
+    group's timeout; the plain barrier, the control, does not."""
+    script = tmp_path / "late_rank.py"
+    script.write_text(LATE_RANK)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), wait], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    said = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert said == [f"rank 0 {outcome}", f"rank 1 {outcome}"], done.stdout[-2000:] + done.stderr[-3000:]
+
+
 def worker_pids(launcher: int) -> dict[int, int]:
     """rank -> pid of the worker processes that torchrun (pid `launcher`) started."""
     found = {}

@@ -122,3 +122,23 @@ def test_a_folder_without_a_tokenizer_is_refused_clearly(opus_layout, tmp_path):
     with pytest.raises(TiekdError, match=r"empty: not a tokenizer folder"):
         _prepare(root, tmp_path / "data", tmp_path / "empty")
     assert not (tmp_path / "data").exists()  # nothing half-written
+
+
+ODD_LINES = ["", "  leading and trailing  ", "a  double  space", ">>de<< Ein Hund läuft.", ">>en<<", "ein </s> im Text",
+             "<unk> und <pad>", "„Zitat“ – Straße … ﬁ", "\ttab", "ein Wort, das kein Stück kennt: ЖЩЮ 漢字"]
+
+
+@pytest.mark.parametrize("layout", ["tiekd", "opus"])
+def test_batch_encoding_gives_the_tokenizers_own_ids(layout, opus_layout, teacher_dir, multi30k):
+    """encode_texts' SentencePiece batch path gives, line for line, the ids of the tokenizer's own call,
+    on both sides, for our tokenizer (one vocabulary) and the OPUS-MT layout (two SentencePiece models),
+    on real text and on lines with language codes, special tokens, odd spaces and unknown characters."""
+    from tiekd.batching import _marian_ids, encode_texts
+    from tiekd.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher_dir if layout == "tiekd" else opus_layout[0] / "tokenizer")
+    for target, side in ((False, "de"), (True, "en")):
+        lines = head(multi30k / f"train.{side}", 2000) + ODD_LINES
+        assert _marian_ids(tokenizer, lines[:1], target) is not None  # the batch path is taken
+        own = (tokenizer(text_target=lines) if target else tokenizer(lines))["input_ids"]
+        assert encode_texts(tokenizer, lines, target=target) == own

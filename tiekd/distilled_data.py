@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, wait_for_all
 from .errors import TiekdError
 from .io import atomic_write_json, atomic_write_text, read_lines
 from .translate import MAX_DECODE_LENGTH
@@ -292,7 +292,7 @@ def _together(dist: DistInfo, work_dir: Path, stage: str, action):
     """Run `action` on this rank, then meet the other ranks; if any rank failed, every rank raises.
 
     Under torchrun an error on one rank (a settings mismatch on rank 0, a failed export) would otherwise
-    leave the others waiting at the barrier until the launcher kills them, with no message of their
+    leave the others waiting until the launcher kills them, with no message of their
     own. The failing rank leaves its message in the work folder before it meets the others."""
     try:
         result = action()
@@ -300,9 +300,9 @@ def _together(dist: DistInfo, work_dir: Path, stage: str, action):
         if dist.enabled:
             work_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(work_dir / f".failed-{stage}-rank{dist.rank}", f"rank {dist.rank}: {exc}")
-            barrier(dist)
+            wait_for_all(dist)
         raise
-    barrier(dist)
+    wait_for_all(dist)
     failed = sorted(work_dir.glob(f".failed-{stage}-rank*")) if dist.enabled else []
     if failed:
         raise TiekdError(failed[0].read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -25,12 +26,24 @@ class DistInfo:
         return self.world_size > 1
 
 
+# Some waits are long and uneven by nature: ranks that decode their shares of a corpus for the teacher's
+# targets finish minutes or hours apart, and rank 0 alone exports a teacher or writes a run folder. The
+# default group's timeout (10 minutes under NCCL) would kill such a job although nothing is wrong, so
+# those waits go through a gloo group of their own with this timeout; training's collectives, whose
+# waits are short, keep the default group and its timeout (a hung rank is still caught there).
+LONG_WAIT_TIMEOUT = timedelta(hours=24)
+_long_wait_group = None
+
+
 def init_distributed(device_kind: str) -> DistInfo:
     """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); NCCL on GPUs, gloo on CPUs."""
+    global _long_wait_group
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    if _long_wait_group is None:  # every rank gets here once, in the same order: new_group is collective
+        _long_wait_group = dist.new_group(backend="gloo", timeout=LONG_WAIT_TIMEOUT)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_kind == "cuda":
         torch.cuda.set_device(info.local_rank)
@@ -53,11 +66,23 @@ def gather_objects(items: list, info: DistInfo) -> list:
 
 
 def barrier(info: DistInfo) -> None:
+    """Meet the other ranks; for waits of seconds (the default group's timeout applies)."""
     if info.enabled:
         dist.barrier()
 
 
+def wait_for_all(info: DistInfo) -> None:
+    """Meet the other ranks after work whose length differs between ranks by minutes or hours (see
+    LONG_WAIT_TIMEOUT): a barrier on the long-wait gloo group."""
+    if info.enabled:
+        if _long_wait_group is None:
+            raise RuntimeError("wait_for_all needs init_distributed() first: it creates the long-wait group")
+        dist.barrier(group=_long_wait_group)
+
+
 def shutdown() -> None:
     """Leave the process group if this process joined one."""
+    global _long_wait_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _long_wait_group = None

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -69,8 +70,9 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file without their line endings (LF or CRLF); errors name file and line."""
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """Lines of a UTF-8 text file, one at a time, without their line endings (LF or CRLF); errors name
+    file and line. For corpora too large to hold as one list."""
     from .errors import input_error
 
     path = Path(path)
@@ -78,7 +80,6 @@ def read_lines(path: str | Path) -> list[str]:
         raise input_error(path, "no such file", "check the path")
     if not path.is_file():
         raise input_error(path, "is not a regular file", "pass a text file with one sentence per line")
-    lines = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -88,5 +89,9 @@ def read_lines(path: str | Path) -> list[str]:
                     path, f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start:exc.start + 1]!r})",
                     "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`", line=number,
                 ) from None
-            lines.append(line.removesuffix("\n").removesuffix("\r"))
-    return lines
+            yield line.removesuffix("\n").removesuffix("\r")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file without their line endings (LF or CRLF); errors name file and line."""
+    return list(iter_lines(path))

@@ -26,12 +26,17 @@ check the BLEU it costs.
 
 from __future__ import annotations
 
-from collections import Counter
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice, zip_longest
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .errors import TiekdError
-from .io import atomic_write_text, read_lines
+from .io import atomic_write_text, iter_lines
 
 
 @dataclass(frozen=True)
@@ -47,45 +52,86 @@ class ShortlistOptions:
             raise TiekdError("shortlist: " + "; ".join(bad) + ". Fix: change those options")
 
 
-def _token_sets(tokenizer, lines: list[str], target: bool) -> list[set[str]]:
-    """Each line's set of subword tokens as the model's tokenizer writes them (targets with the target
-    side's SentencePiece model where the two differ, as in OPUS-MT), special tokens left out."""
+def _incidence(tokenizer, lines: list[str], target: bool, size: int, special: np.ndarray) -> torch.Tensor:
+    """The lines' token incidence matrix (len(lines) x size, sparse, float64): 1 where a line holds a
+    token as the model's tokenizer writes it (targets with the target side's SentencePiece model where
+    the two differ, as in OPUS-MT), special tokens left out."""
     from .batching import encode_texts
 
-    special = set(tokenizer.all_special_tokens)
-    return [{t for t in tokenizer.convert_ids_to_tokens(ids) if t not in special}
-            for ids in encode_texts(tokenizer, lines, target=target)]
+    ids = encode_texts(tokenizer, lines, target=target)
+    tokens = np.fromiter((t for line in ids for t in line), dtype=np.int64)
+    rows = np.repeat(np.arange(len(ids), dtype=np.int64), [len(line) for line in ids])
+    cells = np.sort(rows * size + tokens)
+    first = np.ones(len(cells), dtype=bool)  # a token counts once per line (np.unique, which hashes, is 10x slower)
+    first[1:] = cells[1:] != cells[:-1]
+    cells = cells[first]
+    cells = cells[~np.isin(cells % size, special)]
+    index = torch.from_numpy(np.stack([cells // size, cells % size]))
+    return torch.sparse_coo_tensor(index, torch.ones(len(cells), dtype=torch.float64), (len(ids), size),
+                                   is_coalesced=True, check_invariants=False)
+
+
+def _parallel_chunks(source_path: Path, target_path: Path, lines: int) -> Iterator[tuple[list[str], list[str]]]:
+    """Aligned chunks of up to `lines` sentence pairs, read as streams: a WMT-sized corpus need not fit
+    in memory. Files of different lengths are refused, with both counts."""
+    pairs = zip_longest(iter_lines(source_path), iter_lines(target_path))
+    while chunk := list(islice(pairs, lines)):
+        if chunk[-1][0] is None or chunk[-1][1] is None:
+            count = lambda path: sum(1 for _ in iter_lines(path))
+            raise TiekdError(f"{target_path}: {count(target_path)} lines, but {source_path} has {count(source_path)}. "
+                             "Fix: give the two sides of one parallel corpus, aligned line by line")
+        yield [source for source, _ in chunk], [target for _, target in chunk]
 
 
 def vocabulary_map_rules(tokenizer, source_path: str | Path, target_path: str | Path,
-                         options: ShortlistOptions = ShortlistOptions()) -> tuple[list[str], dict[str, list[str]]]:
-    """(always-candidate target tokens, {source token: its candidate target tokens}) from parallel text."""
+                         options: ShortlistOptions = ShortlistOptions(),
+                         chunk_lines: int = 50_000) -> tuple[list[str], dict[str, list[str]]]:
+    """(always-candidate target tokens, {source token: its candidate target tokens}) from parallel text.
+
+    With S and T the sentences' 0/1 source and target token incidence matrices (sentences x vocabulary),
+    c(s) and c(t) are the column sums and c(s, t) = (S^T T)[s, t], accumulated over chunks of
+    `chunk_lines` pairs as sparse products. That is the same sum over sentences of |S_i| * |T_i| pairs
+    as counting pair by pair, in compiled code, and memory holds one chunk and the distinct (s, t) pairs
+    rather than the whole corpus's token sets."""
     options.validate()
-    sources, targets = read_lines(source_path), read_lines(target_path)
-    if len(sources) != len(targets):
-        raise TiekdError(f"{target_path}: {len(targets)} lines, but {source_path} has {len(sources)}. "
-                         "Fix: give the two sides of one parallel corpus, aligned line by line")
-    if not sources:
+    vocabulary = tokenizer.get_vocab()
+    size = max(vocabulary.values()) + 1
+    special = np.asarray(sorted(tokenizer.all_special_ids), dtype=np.int64)
+    source_count, target_count = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    pair_count = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64),
+                                         (size, size), check_invariants=False).coalesce()
+    pairs = 0
+    for sources, targets in _parallel_chunks(Path(source_path), Path(target_path), chunk_lines):
+        pairs += len(sources)
+        in_source = _incidence(tokenizer, sources, False, size, special)
+        in_target = _incidence(tokenizer, targets, True, size, special)
+        source_count += np.bincount(in_source.indices()[1].numpy(), minlength=size)
+        target_count += np.bincount(in_target.indices()[1].numpy(), minlength=size)
+        with warnings.catch_warnings():  # torch.sparse.mm goes through CSR internally and says it is "beta"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            pair_count = (pair_count + torch.sparse.mm(in_source.t().coalesce(), in_target)).coalesce()
+    if not pairs:
         raise TiekdError(f"{source_path}: no sentences. Fix: give the training data's parallel text")
-    source_sets, target_sets = _token_sets(tokenizer, sources, False), _token_sets(tokenizer, targets, True)
-    target_count = Counter(t for tokens in target_sets for t in tokens)
-    # ties by token: Counter keeps first-seen order, which for tokens from sets depends on the hash seed
-    always = [t for t, _ in sorted(target_count.items(), key=lambda item: (-item[1], item[0]))[:options.frequent]]
-    excluded = set(always)
-    source_count: Counter = Counter()
-    pair_count: dict[str, Counter] = {}
-    for source_tokens, target_tokens in zip(source_sets, target_sets):
-        content = target_tokens - excluded
-        for s in source_tokens:
-            source_count[s] += 1
-            pair_count.setdefault(s, Counter()).update(content)
-    rules = {}
-    for s, seen in source_count.items():
-        if seen >= options.min_count and pair_count[s]:
-            # p(t | s) = c(s, t) / c(s): for one s the order is that of c(s, t); ties by token for determinism
-            ranked = sorted(pair_count[s].items(), key=lambda item: (-item[1], item[0]))
-            rules[s] = [t for t, _ in ranked[:options.per_token]]
-    return always, rules
+
+    names = np.asarray(tokenizer.convert_ids_to_tokens(list(range(size))), dtype=object)
+    by_name = np.empty(size, dtype=np.int64)  # each token's place in sorted order, for ties broken by token
+    by_name[np.argsort(names.astype(str), kind="stable")] = np.arange(size)
+    seen = np.flatnonzero(target_count)
+    always_ids = seen[np.lexsort((by_name[seen], -target_count[seen]))][:options.frequent]
+
+    (s, t), count = pair_count.indices().numpy(), pair_count.values().numpy()
+    keep = ~np.isin(t, always_ids) & (source_count[s] >= options.min_count)
+    s, t, count = s[keep], t[keep], count[keep]
+    # p(t | s) = c(s, t) / c(s): for one s the order is that of c(s, t); ties by token for determinism
+    order = np.lexsort((by_name[t], -count, s))
+    s, t = s[order], t[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    place = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
+    s, t = s[place < options.per_token], t[place < options.per_token]
+    rules: dict[str, list[str]] = {}
+    for source_id, target_id in zip(s.tolist(), t.tolist()):
+        rules.setdefault(names[source_id], []).append(names[target_id])
+    return [names[i] for i in always_ids.tolist()], rules
 
 
 def write_vocabulary_map(tokenizer, source_path: str | Path, target_path: str | Path, out_path: str | Path,

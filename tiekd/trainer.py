@@ -33,7 +33,7 @@ from .tokenizer import load_tokenizer
 from .training.build import (build_student, check_model_arguments, load_teacher, make_optimizer,
                              make_run_scheduler, parallelise, seed_everything)
 from .training.checkpointing import Checkpointer, find_resume_checkpoint, load_student_weights
-from .training.corpus import split_files, training_pair_files, uses_teacher_targets
+from .training.corpus import split_files, teacher_targets_file, training_pair_files, uses_teacher_targets
 from .training.devices import autocast_context, pick_device
 from .training.metrics import MetricsLog, train_record
 from .training.replica import UnshardedStudent
@@ -79,10 +79,11 @@ class Trainer:
         if self.resume_from is not None:
             load_student_weights(self.student, self.resume_from)  # before sharding: every rank loads the full weights
         # seq-kd trains on the teacher's translations with plain CE: the objective needs no teacher, and
-        # only the pytorch engine decodes them with the loaded model (CTranslate2 reads the folder)
+        # only the pytorch engine decodes them with the loaded model (CTranslate2 reads the folder), once
         method = get_method(config.method)
         online = method.needs_teacher and method.online_teacher
-        decodes = uses_teacher_targets(config) and config.seq_kd_engine == "pytorch"
+        decodes = (uses_teacher_targets(config) and config.seq_kd_engine == "pytorch"
+                   and not teacher_targets_file(self.out).is_file())
         self.teacher = load_teacher(config, *vocab, self.device) if online or decodes else None
         self.objective = DistillationObjective(self.student, config, self.teacher if online else None)
         self.objective.to(self.device)
@@ -92,6 +93,8 @@ class Trainer:
 
         max_positions = self.student.config.max_position_embeddings
         train_files = training_pair_files(config, self.prepared, self.teacher, self.out, self.dist, self.quiet)
+        if not online:
+            self.teacher = None  # it has decoded the targets: training needs its memory more
         self.train_corpus = batching.encode_pair_files(self.tokenizer, *train_files, max_positions)
         self.validator = Validator(self.tokenizer, *split_files(self.prepared, config.valid_split), config, self.dist,
                                    self.device, max_positions)

@@ -29,6 +29,11 @@ def uses_teacher_targets(config: RunConfig) -> bool:
     return config.seq_kd_targets or get_method(config.method).teacher_targets
 
 
+def teacher_targets_file(out: Path) -> Path:
+    """Where a run keeps its teacher's translations of the training sources."""
+    return Path(out) / "seqkd" / "train.hyp"
+
+
 def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: DistInfo,
                         quiet: bool) -> tuple[Path, Path]:
     """(source, target) files of the training split; with sequence-level KD the target file is the
@@ -37,15 +42,16 @@ def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: D
     source, target = split_files(prepared, config.train_split)
     if not uses_teacher_targets(config):
         return source, target
-    work = Path(out) / "seqkd"
-    if (work / "train.hyp").is_file():  # a resumed run keeps its targets
-        return source, work / "train.hyp"
+    hyp = teacher_targets_file(out)
+    if hyp.is_file():  # a resumed run keeps its targets
+        return source, hyp
+    work = hyp.parent
     from ..distilled_data import DistillationOptions, build_distilled_data
 
     options = DistillationOptions(engine=config.seq_kd_engine, beam=config.seq_kd_beam, nbest=config.seq_kd_nbest,
                                   select=config.seq_kd_select)
     # every rank decodes its share of the shards; the pytorch engine decodes with the loaded teacher
-    build_distilled_data(config.teacher, source, work / "train.hyp", target if config.seq_kd_select == "chrf" else None,
+    build_distilled_data(config.teacher, source, hyp, target if config.seq_kd_select == "chrf" else None,
                          work_dir=work / "shards-work", options=options, quiet=quiet, dist=dist,
                          model=teacher if config.seq_kd_engine == "pytorch" else None)
-    return source, work / "train.hyp"
+    return source, hyp
