@@ -1,14 +1,16 @@
 """Lexical shortlist builder: time and peak memory of the sparse counting against an earlier revision's
-implementation (counting every (source token, target token) pair in Python), side by side in one run.
+counting (every (source token, target token) pair in Python), side by side in one run.
 
     python benchmarks/bench_shortlist.py --tokenizer runs/converged/teacher/model \
         --source ../shared/data/multi30k/train.de --target ../shared/data/multi30k/train.en \
         --copies 1,10 --baseline-rev 65dbec8
 
-`--copies N` writes the corpus N times over into one file (a larger corpus of the same vocabulary), so
-the rows show how each implementation grows with the corpus. Every build runs in a fresh process,
-which reports its wall time and peak resident memory (VmHWM); the rules of the two implementations
-are checked to be equal.
+The earlier revision's tiekd/shortlist.py is loaded into the current package, so it imports the
+current tiekd.batching and tiekd.io: both columns tokenize the same way, and the comparison is of the
+counting alone. `--copies N` writes the corpus N times over into one file (a larger corpus with the
+same distinct token pairs, so it shows growth with the number of sentences, not with the number of
+distinct pairs). Every build runs in a fresh process, which reports its wall time and peak resident
+memory (VmHWM); the rules of the two are checked to be equal.
 """
 
 from __future__ import annotations
@@ -80,15 +82,17 @@ def main() -> None:
         baseline = Path(tmp) / "baseline_shortlist.py"
         baseline.write_text(subprocess.run(["git", "show", f"{args.baseline_rev}:tiekd/shortlist.py"], cwd=ROOT,
                                            check=True, capture_output=True, text=True).stdout)
-        source_text = Path(args.source).read_text(encoding="utf-8")
-        target_text = Path(args.target).read_text(encoding="utf-8")
+        # one line end after the last line, so that copies do not run two lines together
+        source_text = Path(args.source).read_text(encoding="utf-8").rstrip("\n") + "\n"
+        target_text = Path(args.target).read_text(encoding="utf-8").rstrip("\n") + "\n"
         for copies in [int(c) for c in args.copies.split(",")]:
             source, target = Path(tmp) / f"{copies}.src", Path(tmp) / f"{copies}.tgt"
             source.write_text(source_text * copies, encoding="utf-8")
             target.write_text(target_text * copies, encoding="utf-8")
             pairs = source_text.count("\n") * copies
             built = {}
-            for name, module in ((f"pairwise ({args.baseline_rev})", str(baseline)), ("sparse (this code)", "")):
+            for name, module in ((f"pairwise counting ({args.baseline_rev})", str(baseline)),
+                                 ("sparse counting (this code)", "")):
                 built[name] = in_fresh_process({"tokenizer": args.tokenizer, "source": str(source),
                                                 "target": str(target), "module": module})
                 rows.append({"pairs": pairs, "implementation": name, **built[name]})

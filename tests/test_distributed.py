@@ -109,6 +109,7 @@ import torch.distributed as dist
 from tiekd import distributed
 dist.init_process_group("gloo", timeout=timedelta(seconds=2))
 info = distributed.init_distributed("cpu")
+distributed.open_long_waits(info)
 if info.rank == 1:
     time.sleep(5)
 try:

@@ -133,12 +133,81 @@ def test_batch_encoding_gives_the_tokenizers_own_ids(layout, opus_layout, teache
     """encode_texts' SentencePiece batch path gives, line for line, the ids of the tokenizer's own call,
     on both sides, for our tokenizer (one vocabulary) and the OPUS-MT layout (two SentencePiece models),
     on real text and on lines with language codes, special tokens, odd spaces and unknown characters."""
-    from tiekd.batching import _marian_ids, encode_texts
+    from tiekd.batching import _marian_encoder, encode_texts
     from tiekd.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir if layout == "tiekd" else opus_layout[0] / "tokenizer")
     for target, side in ((False, "de"), (True, "en")):
         lines = head(multi30k / f"train.{side}", 2000) + ODD_LINES
-        assert _marian_ids(tokenizer, lines[:1], target) is not None  # the batch path is taken
+        assert _marian_encoder(tokenizer, target) is not None  # the batch path is taken
         own = (tokenizer(text_target=lines) if target else tokenizer(lines))["input_ids"]
         assert encode_texts(tokenizer, lines, target=target) == own
+
+
+def test_batch_encoding_looks_added_tokens_up_first_and_warns_of_cut_lines(teacher_dir, tmp_path):
+    """A piece that is also an added token gets the added token's id, as in the tokenizer's own call;
+    lines longer than the model's positions are cut, and a warning counts them."""
+    from tiekd.batching import encode_pair_files, encode_texts
+    from tiekd.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher_dir)  # a fresh copy: the shared teacher's tokenizer stays as it is
+    piece = tokenizer.spm_source.encode("Hund", out_type=str)[0]
+    before = tokenizer.encoder.pop(piece)  # a piece that only an added token knows, under another id
+    tokenizer.add_tokens([piece])
+    added = tokenizer.added_tokens_encoder[piece]
+    lines = ["Ein Hund läuft.", "Zwei Hunde.", "Katze"]
+    assert encode_texts(tokenizer, lines) == tokenizer(lines)["input_ids"]
+    assert added != before and added in encode_texts(tokenizer, lines)[0]
+
+    (tmp_path / "s.de").write_text("Ein Hund läuft über die grüne Wiese.\nJa.\n", encoding="utf-8")
+    (tmp_path / "t.en").write_text("A dog runs across the green meadow.\nYes.\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"t\.en: 1 of 2 lines have more than the model's 5 positions"):
+        corpus = encode_pair_files(load_tokenizer(teacher_dir), tmp_path / "s.de", tmp_path / "t.en", max_positions=5)
+    assert max(map(len, corpus.sources + corpus.targets)) == 5
+
+
+def test_shortlist_of_a_tokenizer_with_separate_vocabularies(opus_layout, tmp_path):
+    """Some OPUS-MT models number target tokens in a vocabulary of their own (`separate_vocabs`). Here the
+    target vocabulary is the larger one, so target ids exceed every source id: the shortlist must count
+    each side in its own vocabulary and name tokens by their own side's strings."""
+    from collections import Counter
+
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    from tiekd.shortlist import ShortlistOptions, vocabulary_map_rules
+
+    root, _, _ = opus_layout
+    models = {"source": root / "en.model", "target": root / "de.model"}  # English -> German: 300 and 400 pieces
+    processors, vocabularies = {}, {}
+    for side, model in models.items():
+        processors[side] = spm.SentencePieceProcessor(model_file=str(model))
+        vocabulary = {"</s>": 0, "<unk>": 1}
+        vocabulary.update({processors[side].id_to_piece(i): i for i in range(2, processors[side].get_piece_size())})
+        vocabulary["<pad>"] = len(vocabulary)
+        vocabularies[side] = vocabulary
+        (tmp_path / f"{side}.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+    tokenizer = MarianTokenizer(str(models["source"]), str(models["target"]), str(tmp_path / "source.json"),
+                                target_vocab_file=str(tmp_path / "target.json"), separate_vocabs=True)
+    assert len(vocabularies["target"]) > len(vocabularies["source"])
+    options = ShortlistOptions(per_token=5, frequent=10, min_count=2)
+    always, rules = vocabulary_map_rules(tokenizer, root / "train.en", root / "train.de", options, chunk_lines=400)
+
+    # the definition, over SentencePiece pieces of each side's own model
+    def piece_sets(side, path):
+        keep = set(vocabularies[side]) - {"</s>", "<unk>", "<pad>"}
+        return [set(processors[side].encode(line, out_type=str)) & keep
+                for line in path.read_text(encoding="utf-8").splitlines()]
+
+    source_sets, target_sets = piece_sets("source", root / "train.en"), piece_sets("target", root / "train.de")
+    target_count = Counter(t for pieces in target_sets for t in pieces)
+    want_always = [t for t, _ in sorted(target_count.items(), key=lambda item: (-item[1], item[0]))[:10]]
+    source_count, pair_count = Counter(), {}
+    for source_pieces, target_pieces in zip(source_sets, target_sets):
+        for s in source_pieces:
+            source_count[s] += 1
+            pair_count.setdefault(s, Counter()).update(target_pieces - set(want_always))
+    want_rules = {s: [t for t, _ in sorted(pair_count[s].items(), key=lambda item: (-item[1], item[0]))[:5]]
+                  for s, seen in source_count.items() if seen >= 2 and pair_count[s]}
+    assert always == want_always
+    assert rules == want_rules and set(rules) <= set(vocabularies["source"])

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .distributed import DistInfo, wait_for_all
+from .distributed import DistInfo, open_long_waits, wait_for_all
 from .errors import TiekdError
 from .io import atomic_write_json, atomic_write_text, read_lines
 from .translate import MAX_DECODE_LENGTH
@@ -282,6 +282,7 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
         if dist.is_main:
             _merge_shards(out_path, shards_dir, work_dir, spans, settings, options, *done)
 
+    open_long_waits(dist)  # every rank is here together: nothing uneven has happened yet
     _together(dist, work_dir, "prepare", prepare)
     done = _together(dist, work_dir, "translate", translate)
     _together(dist, work_dir, "merge", merge)

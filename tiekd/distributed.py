@@ -27,10 +27,12 @@ class DistInfo:
 
 
 # Some waits are long and uneven by nature: ranks that decode their shares of a corpus for the teacher's
-# targets finish minutes or hours apart, and rank 0 alone exports a teacher or writes a run folder. The
-# default group's timeout (10 minutes under NCCL) would kill such a job although nothing is wrong, so
-# those waits go through a gloo group of their own with this timeout; training's collectives, whose
-# waits are short, keep the default group and its timeout (a hung rank is still caught there).
+# targets finish minutes or hours apart, and rank 0 alone exports the teacher first. The default
+# group's timeout (10 minutes under NCCL) would kill such a job although nothing is wrong, so those
+# waits go through a gloo group of their own with this timeout; training's collectives, whose waits
+# are short, keep the default group and its timeout (a hung rank is still caught there). The group is
+# made only by the jobs that need it (`open_long_waits`), so others never set up a gloo mesh (which on
+# a multi-node cluster may need GLOO_SOCKET_IFNAME to pick the network interface).
 LONG_WAIT_TIMEOUT = timedelta(hours=24)
 _long_wait_group = None
 
@@ -41,13 +43,20 @@ def init_distributed(device_kind: str) -> DistInfo:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     if not dist.is_initialized():
+        _long_wait_group = None  # one made for an earlier, since destroyed, process group is gone with it
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    if _long_wait_group is None:  # every rank gets here once, in the same order: new_group is collective
-        _long_wait_group = dist.new_group(backend="gloo", timeout=LONG_WAIT_TIMEOUT)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_kind == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def open_long_waits(info: DistInfo) -> None:
+    """Make the long-wait group (once). Collective: every rank calls it at the same point of the job,
+    before the uneven work whose end `wait_for_all` waits for."""
+    global _long_wait_group
+    if info.enabled and _long_wait_group is None:
+        _long_wait_group = dist.new_group(backend="gloo", timeout=LONG_WAIT_TIMEOUT)
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -76,7 +85,7 @@ def wait_for_all(info: DistInfo) -> None:
     LONG_WAIT_TIMEOUT): a barrier on the long-wait gloo group."""
     if info.enabled:
         if _long_wait_group is None:
-            raise RuntimeError("wait_for_all needs init_distributed() first: it creates the long-wait group")
+            raise RuntimeError("wait_for_all needs open_long_waits() first, on every rank")
         dist.barrier(group=_long_wait_group)
 
 

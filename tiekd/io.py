@@ -75,11 +75,7 @@ def iter_lines(path: str | Path) -> Iterator[str]:
     file and line. For corpora too large to hold as one list."""
     from .errors import input_error
 
-    path = Path(path)
-    if not path.exists():
-        raise input_error(path, "no such file", "check the path")
-    if not path.is_file():
-        raise input_error(path, "is not a regular file", "pass a text file with one sentence per line")
+    path = _text_file(path)
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -90,6 +86,26 @@ def iter_lines(path: str | Path) -> Iterator[str]:
                     "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`", line=number,
                 ) from None
             yield line.removesuffix("\n").removesuffix("\r")
+
+
+def count_lines(path: str | Path, block: int = 1 << 20) -> int:
+    """How many lines `iter_lines` would give, from a binary read (a last line without a line end counts)."""
+    lines, last = 0, b"\n"
+    with open(_text_file(path), "rb") as handle:
+        while data := handle.read(block):
+            lines, last = lines + data.count(b"\n"), data[-1:]
+    return lines + (last != b"\n")
+
+
+def _text_file(path: str | Path) -> Path:
+    from .errors import input_error
+
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "no such file", "check the path")
+    if not path.is_file():
+        raise input_error(path, "is not a regular file", "pass a text file with one sentence per line")
+    return path
 
 
 def read_lines(path: str | Path) -> list[str]:
