@@ -4,6 +4,7 @@ one shared vocab.json in the model's own order), built here from real Multi30k t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -161,8 +162,11 @@ def test_batch_encoding_looks_added_tokens_up_first_and_warns_of_cut_lines(teach
 
     (tmp_path / "s.de").write_text("Ein Hund läuft über die grüne Wiese.\nJa.\n", encoding="utf-8")
     (tmp_path / "t.en").write_text("A dog runs across the green meadow.\nYes.\n", encoding="utf-8")
-    with pytest.warns(UserWarning, match=r"t\.en: 1 of 2 lines have more than the model's 5 positions"):
+    with pytest.warns(UserWarning) as caught:
         corpus = encode_pair_files(load_tokenizer(teacher_dir), tmp_path / "s.de", tmp_path / "t.en", max_positions=5)
+    said = sorted(str(w.message).split(": ", 1)[1][:55] for w in caught)
+    assert said == ["1 of 2 lines have more than the model's 5 positions and"] * 2
+    assert {Path(str(w.message).split(": ", 1)[0]).name for w in caught} == {"s.de", "t.en"}
     assert max(map(len, corpus.sources + corpus.targets)) == 5
 
 
