@@ -43,12 +43,14 @@ def encode_texts(tokenizer, lines: list[str], batch: int = 2000, target: bool = 
     ids: list[list[int]] = []
     for start in range(0, len(lines), batch):
         chunk = list(lines[start:start + batch])
-        if fast is not None:
-            ids.extend(fast(chunk))
-        else:
-            encoded = tokenizer(text_target=chunk) if target else tokenizer(chunk, add_special_tokens=True)
-            ids.extend(encoded["input_ids"])
+        ids.extend(fast(chunk) if fast is not None else _own_ids(tokenizer, chunk, target))
     return ids
+
+
+def _own_ids(tokenizer, lines: list[str], target: bool) -> list[list[int]]:
+    """The ids of the tokenizer's own call (source side, or target side with `target`)."""
+    encoded = tokenizer(text_target=lines) if target else tokenizer(lines, add_special_tokens=True)
+    return encoded["input_ids"]
 
 
 def _marian_encoder(tokenizer, target: bool):
@@ -67,14 +69,13 @@ def _marian_encoder(tokenizer, target: bool):
     lookup = {**vocabulary, **tokenizer.added_tokens_encoder}  # the tokenizer looks added tokens up first
     unknown, end = vocabulary[tokenizer.unk_token], tokenizer.eos_token_id
     marked = [str(t) for t in (*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder)]
-    call = (lambda texts: tokenizer(text_target=texts)) if target else tokenizer
 
     def encode(lines: list[str]) -> list[list[int]]:
         ids = [[lookup.get(piece, unknown) for piece in pieces] + [end]
                for pieces in model.encode(lines, out_type=str)]
         special = [k for k, line in enumerate(lines) if line.startswith(">>") or any(m in line for m in marked)]
         if special:
-            for k, one in zip(special, call([lines[k] for k in special])["input_ids"]):
+            for k, one in zip(special, _own_ids(tokenizer, [lines[k] for k in special], target)):
                 ids[k] = one
         return ids
 

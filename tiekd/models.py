@@ -54,8 +54,9 @@ PRESETS: dict[str, ModelPreset] = {
     # the same idea at Multi30k size. "tiny-deep-shallow" moves one of tiny's decoder layers into two
     # encoder layers (4 + 1 layers, 1.88M parameters against tiny's 1.82M with an 8k vocabulary), so the
     # two compare at an equal parameter count. Caution: on tiny's recipe (lr 1e-3 or 2e-3) it stayed on
-    # the early plateau for 1,000-1,600 updates (docs/RESULTS.md, "Deep encoder, shallow decoder"). "teacher-deep-shallow" has the teacher's width, FFN and
-    # encoder depth and one decoder layer, so --init-from-teacher can copy the whole encoder into it.
+    # the early plateau for 1,000-1,600 updates (docs/RESULTS.md, "Deep encoder, shallow decoder").
+    # "teacher-deep-shallow" has the teacher's width, FFN and encoder depth and one decoder layer, so
+    # --init-from-teacher can copy the whole encoder into it.
     "tiny-deep-shallow": ModelPreset(d_model=128, layers=4, heads=4, ffn_dim=256, decoder_layers=1),
     "teacher-deep-shallow": ModelPreset(d_model=256, layers=3, heads=4, ffn_dim=1024, decoder_layers=1),
 }
