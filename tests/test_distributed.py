@@ -105,6 +105,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(command, upd
 LATE_RANK = """
 import sys, time
 from datetime import timedelta
+from pathlib import Path
 import torch.distributed as dist
 from tiekd import distributed
 dist.init_process_group("gloo", timeout=timedelta(seconds=2))
@@ -114,9 +115,11 @@ if info.rank == 1:
     time.sleep(5)
 try:
     (distributed.wait_for_all if sys.argv[1] == "long" else distributed.barrier)(info)
-    print(f"rank {info.rank} met", flush=True)
+    said = "met"
 except RuntimeError:
-    print(f"rank {info.rank} gave up", flush=True)
+    said = "gave up"
+# one file per rank: two ranks printing to the one stdout pipe can interleave their lines
+Path(f"rank{info.rank}.said").write_text(said)
 distributed.shutdown()
 """
 
@@ -129,8 +132,9 @@ def test_long_uneven_waits_outlast_the_default_timeout(wait, outcome, tmp_path):
     script.write_text(LATE_RANK)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), wait], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
-    said = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
-    assert said == [f"rank 0 {outcome}", f"rank 1 {outcome}"], done.stdout[-2000:] + done.stderr[-3000:]
+    said = [(tmp_path / f"rank{rank}.said").read_text() if (tmp_path / f"rank{rank}.said").exists() else None
+            for rank in (0, 1)]
+    assert said == [outcome, outcome], done.stdout[-2000:] + done.stderr[-3000:]
 
 
 def worker_pids(launcher: int) -> dict[int, int]:
