@@ -22,12 +22,11 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from fresh_process import measure_in_fresh_process
 
 from tiekd.losses import default_chunk_size, label_smoothed_ce, tie_kd_loss, word_kd_loss
 
@@ -168,10 +167,9 @@ def main() -> None:
         for impl in ("naive", "ours"):
             result = {"loss": loss, "impl": impl}
             for measure, env in (("memory", memory_env), ("time", None)):
-                cmd = [sys.executable, os.path.abspath(__file__), *passthrough,
-                       f"--loss={loss}", f"--impl={impl}", f"--measure={measure}"]
-                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-                result.update(json.loads(out.strip().splitlines()[-1]))
+                result.update(measure_in_fresh_process(
+                    __file__, [*passthrough, f"--loss={loss}", f"--impl={impl}", f"--measure={measure}"],
+                    what=f"{loss} ({impl}, {measure})", env=env))
             results.append(result)
 
     chunk = args.chunk_size or default_chunk_size(args.vocab)

@@ -24,13 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from fresh_process import measure_in_fresh_process, peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def measure(spec: dict) -> dict:
@@ -56,10 +53,7 @@ def measure(spec: dict) -> dict:
 
 
 def in_fresh_process(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"measuring {spec} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure_in_fresh_process(__file__, ["--measure", json.dumps(spec)], what=str(spec))
 
 
 def main() -> None:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fresh_process import measure_in_fresh_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,12 +74,8 @@ def measure(spec: dict) -> dict:
 
 
 def in_fresh_process(spec: dict) -> dict:
-    command = [sys.executable, __file__, "--source", spec["source"], "--reference", spec["reference"],
-               "--measure", json.dumps(spec)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"measuring {spec['model']} {spec['engine']} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    arguments = ["--source", spec["source"], "--reference", spec["reference"], "--measure", json.dumps(spec)]
+    return measure_in_fresh_process(__file__, arguments, what=f"{spec['model']} {spec['engine']}")
 
 
 def main() -> None:

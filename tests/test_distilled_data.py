@@ -147,12 +147,13 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
 
     loaded = load_model(str(teacher_dir))
     greedy = DistillationOptions(engine="pytorch", beam=1, max_length=LIMIT)
-    theirs = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt2.en", options=greedy, quiet=True)
+    from_folder = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt2.en", options=greedy,
+                                       quiet=True)
     with monkeypatch.context() as patch:  # the loaded teacher is used: nothing is loaded from the folder
         patch.setattr(tiekd.models, "load_model", lambda *a, **k: pytest.fail("loaded the teacher again"))
         mine = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt.en", options=greedy, quiet=True,
                                     model=loaded)
-    assert mine["sentences"] == 40 and read_lines(tmp_path / "pt.en") == read_lines(tmp_path / "pt2.en")
+    assert mine["sentences"] == from_folder["sentences"] == 40 and read_lines(tmp_path / "pt.en") == read_lines(tmp_path / "pt2.en")
 
 
 def test_bad_input_is_refused_with_the_fix(teacher_dir, texts, tmp_path):

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import small_config
 from tiekd.errors import TiekdError

@@ -27,6 +27,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 from .errors import TiekdError
 from .io import replace_dir
 from .shortlist import ShortlistOptions
