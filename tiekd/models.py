@@ -53,8 +53,9 @@ PRESETS: dict[str, ModelPreset] = {
     "deep-shallow-tiny": ModelPreset(d_model=256, layers=6, heads=8, ffn_dim=1536, decoder_layers=2),
     # the same idea at Multi30k size. "tiny-deep-shallow" moves one of tiny's decoder layers into two
     # encoder layers (4 + 1 layers, 1.88M parameters against tiny's 1.82M with an 8k vocabulary), so the
-    # two compare at an equal parameter count. Caution: on tiny's recipe (lr 1e-3 or 2e-3) it stayed on
-    # the early plateau for 1,000-1,600 updates (docs/RESULTS.md, "Deep encoder, shallow decoder").
+    # two compare at an equal parameter count. Caution: with seed 1 (lr 1e-3 or 2e-3) it stayed on the
+    # early plateau for 1,000-1,600 updates, seed 2 left it by update 600; trained, it decoded 1.1-1.3x
+    # faster than tiny and scored 1.7 BLEU lower (docs/RESULTS.md, "Deep encoder, shallow decoder").
     # "teacher-deep-shallow" has the teacher's width, FFN and encoder depth and one decoder layer, so
     # --init-from-teacher can copy the whole encoder into it.
     "tiny-deep-shallow": ModelPreset(d_model=128, layers=4, heads=4, ffn_dim=256, decoder_layers=1),

@@ -1,0 +1,11 @@
+#!/bin/bash
+# Is tiny-deep-shallow's (4+1, d128) plateau a seed's luck or the shape? $1 = seed2 | warmup800
+# Same recipe as /work/bg/diag.sh (tiny's, lr 1e-3, schedule over 3,600 updates); read validation at 600/800, then stop it.
+cd /work/bg/tiekd-issue11
+export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
+BASE=/work/bg/runs/converged/students/no-kd-tiny-seed1/run/config.yaml
+R=/work/bg/runs/diag/enc4-dec1-$1
+extra=""; [ "$1" = seed2 ] && extra="--seed 2"; [ "$1" = warmup800 ] && extra="--warmup-updates 800"
+resume=""; [ -d $R/checkpoints ] && resume="--resume"
+nice -n 5 /work/main/.venv/bin/python -m tiekd train --config $BASE --model tiny-deep-shallow --lr 0.001 \
+  --max-updates 3600 --valid-every 200 $extra --out $R $resume
