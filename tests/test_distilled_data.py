@@ -153,7 +153,8 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
         patch.setattr(tiekd.models, "load_model", lambda *a, **k: pytest.fail("loaded the teacher again"))
         mine = build_distilled_data(teacher_dir, texts / "src.de", tmp_path / "pt.en", options=greedy, quiet=True,
                                     model=loaded)
-    assert mine["sentences"] == from_folder["sentences"] == 40 and read_lines(tmp_path / "pt.en") == read_lines(tmp_path / "pt2.en")
+    assert mine["sentences"] == from_folder["sentences"] == 40
+    assert read_lines(tmp_path / "pt.en") == read_lines(tmp_path / "pt2.en")
 
 
 def test_bad_input_is_refused_with_the_fix(teacher_dir, texts, tmp_path):

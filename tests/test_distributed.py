@@ -132,8 +132,8 @@ def test_long_uneven_waits_outlast_the_default_timeout(wait, outcome, tmp_path):
     script.write_text(LATE_RANK)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), wait], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
-    said = [(tmp_path / f"rank{rank}.said").read_text() if (tmp_path / f"rank{rank}.said").exists() else None
-            for rank in (0, 1)]
+    said_files = [tmp_path / f"rank{rank}.said" for rank in (0, 1)]
+    said = [file.read_text() if file.exists() else None for file in said_files]
     assert said == [outcome, outcome], done.stdout[-2000:] + done.stderr[-3000:]
 
 

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Is tiny-deep-shallow's (4+1, d128) plateau a seed's luck or the shape? $1 = seed2 | warmup800
-# Same recipe as /work/bg/diag.sh (tiny's, lr 1e-3, schedule over 3,600 updates); read validation at 600/800, then stop it.
+# Same recipe as diag.sh (tiny's, lr 1e-3, schedule over 3,600 updates). Planned as a check stopped after update 800;
+# seed 2 left the plateau by 600 and was run to the end for the comparison with tiny (docs/RESULTS.md).
 cd /work/bg/tiekd-issue11
 export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
 BASE=/work/bg/runs/converged/students/no-kd-tiny-seed1/run/config.yaml
