@@ -1,0 +1,99 @@
+"""Carry the unfinished students of a long experiment from one machine to the next.
+
+A converged table takes many working stretches, and a stretch's machine is not always handed to the
+next one: a student still training when the machine goes is lost with it. A TIE-KD student of the
+converged preset needs more core-hours than one stretch gives a worker, so without this it never ends.
+
+    save:    for every student stage without a stage.json (not finished), copy its run files and its
+             newest intact step checkpoint (weights, optimizer, scheduler, data position, RNG) into
+             DEST/<stage>/run/; stages finished since the last save are dropped from DEST.
+    restore: copy DEST/<stage> into RUN/students/<stage> where RUN has no newer checkpoint of it;
+             `tiekd experiment` then resumes it from that checkpoint as after any interruption.
+
+    python benchmarks/carry_inflight.py save    /work/bg/runs/converged results/converged/inflight
+    python benchmarks/carry_inflight.py restore results/converged/inflight runs/converged
+
+Only the newest checkpoint travels (about 20 MB for a `tiny` student). The converged preset averages
+a student's last 5 checkpoints (updates 2,800-3,600, one every 200), so a stage carried before update
+2,800 loses nothing; one carried later has fewer of those checkpoints left to average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from tiekd.checkpoint import latest_good_checkpoint, step_checkpoints
+
+
+def _newest_step(run_dir: Path) -> int:
+    steps = step_checkpoints(run_dir / "checkpoints")
+    return steps[-1][0] if steps else -1
+
+
+def save(experiment_dir: Path, dest: Path) -> None:
+    students = experiment_dir / "students"
+    if not students.is_dir():
+        sys.exit(f"{students}: no students folder; fix: pass the experiment folder (the --out of tiekd experiment)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for stage in sorted(p for p in students.iterdir() if p.is_dir()):
+        carried = dest / stage.name
+        if (stage / "stage.json").is_file():
+            if carried.exists():
+                shutil.rmtree(carried)
+                print(f"{stage.name}: finished; its carried checkpoint is dropped")
+            continue
+        checkpoint = latest_good_checkpoint(stage / "run" / "checkpoints")
+        if checkpoint is None:
+            print(f"{stage.name}: no intact checkpoint yet; nothing to carry")
+            continue
+        # write beside, then swap, so an interrupted save leaves the previous carried copy whole
+        staging = dest / f".{stage.name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "run" / "checkpoints").mkdir(parents=True)
+        for item in (stage / "run").iterdir():
+            if item.is_file():
+                shutil.copy2(item, staging / "run" / item.name)
+        shutil.copytree(checkpoint, staging / "run" / "checkpoints" / checkpoint.name)
+        shutil.rmtree(carried, ignore_errors=True)
+        staging.rename(carried)
+        print(f"{stage.name}: carried {checkpoint.name}")
+
+
+def restore(source: Path, experiment_dir: Path) -> None:
+    if not source.is_dir():
+        sys.exit(f"{source}: no carried students here; fix: pass the folder that `save` wrote")
+    for carried in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        target = experiment_dir / "students" / carried.name
+        if (target / "stage.json").is_file():
+            print(f"{carried.name}: already finished here; left as it is")
+            continue
+        have, bring = _newest_step(target / "run"), _newest_step(carried / "run")
+        if have >= bring:
+            print(f"{carried.name}: this machine's step {have} is not older than the carried {bring}; kept")
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(carried, target)
+        print(f"{carried.name}: restored at step {bring}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    save_parser = sub.add_parser("save", help="copy unfinished students' newest checkpoints out")
+    save_parser.add_argument("experiment_dir", type=Path)
+    save_parser.add_argument("dest", type=Path)
+    restore_parser = sub.add_parser("restore", help="put carried students back into an experiment folder")
+    restore_parser.add_argument("source", type=Path)
+    restore_parser.add_argument("experiment_dir", type=Path)
+    args = parser.parse_args()
+    if args.command == "save":
+        save(args.experiment_dir, args.dest)
+    else:
+        restore(args.source, args.experiment_dir)
+
+
+if __name__ == "__main__":
+    main()
