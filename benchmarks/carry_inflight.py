@@ -7,7 +7,7 @@ converged preset needs more core-hours than one stretch gives a worker, so witho
     save:    for every student stage without a stage.json (not finished), copy its run files and its
              newest intact step checkpoint (weights, optimizer, scheduler, data position, RNG) into
              DEST/<stage>/run/; stages finished since the last save are dropped from DEST.
-    restore: copy DEST/<stage> into RUN/students/<stage> where RUN has no newer checkpoint of it;
+    restore: copy DEST/<stage> into RUN/students/<stage> where RUN has no newer intact checkpoint of it;
              `tiekd experiment` then resumes it from that checkpoint as after any interruption.
 
     python benchmarks/carry_inflight.py save    /work/bg/runs/converged results/converged/inflight
@@ -25,12 +25,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from tiekd.checkpoint import latest_good_checkpoint, step_checkpoints
+from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint
 
 
-def _newest_step(run_dir: Path) -> int:
-    steps = step_checkpoints(run_dir / "checkpoints")
-    return steps[-1][0] if steps else -1
+def _newest_intact_step(run_dir: Path) -> int:
+    """The step of the checkpoint a resume would use (the newest intact one), -1 without one."""
+    checkpoint = latest_good_checkpoint(run_dir / "checkpoints")
+    return int(STEP_PATTERN.match(checkpoint.name).group(1)) if checkpoint is not None else -1
 
 
 def save(experiment_dir: Path, dest: Path) -> None:
@@ -70,7 +71,7 @@ def restore(source: Path, experiment_dir: Path) -> None:
         if (target / "stage.json").is_file():
             print(f"{carried.name}: already finished here; left as it is")
             continue
-        have, bring = _newest_step(target / "run"), _newest_step(carried / "run")
+        have, bring = _newest_intact_step(target / "run"), _newest_intact_step(carried / "run")
         if have >= bring:
             print(f"{carried.name}: this machine's step {have} is not older than the carried {bring}; kept")
             continue
