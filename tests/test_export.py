@@ -215,20 +215,33 @@ def test_export_folder_is_self_contained(ct2_float32, german):
     assert not [p for p in ct2_float32.parent.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
-def test_int8_export_translates_like_float32(model_dir, ct2_float32, tmp_path, multi30k):
-    """int8 weights change the scores a little, so the translations stay mostly those of float32
-    (measured on this fixture: 80% identical, BLEU 90 against the float32 outputs on 100 sentences)."""
-    import sacrebleu
+def test_int8_export_scores_like_float32(model_dir, ct2_float32, tmp_path, multi30k):
+    """int8 weights move each token's log-probability a little. Compared on fixed reference targets
+    (teacher-forced scoring), not on beam outputs: a barely trained model's search runs away into
+    repetitions that one flipped near-tie changes completely, so equal translations would measure the
+    search, not the quantization (a CI machine once saw 0 of 30 equal)."""
+    import ctranslate2
 
     out = export_ctranslate2(model_dir, tmp_path / "int8")
     assert (out / "model.bin").stat().st_size < 0.6 * (ct2_float32 / "model.bin").stat().st_size  # really int8
-    sentences = head(multi30k / "test_2016_flickr.de", 30)
-    int8 = CTranslate2Translator(out).translate(sentences, max_length=30)
-    float32 = CTranslate2Translator(ct2_float32).translate(sentences, max_length=30)
-    assert len(set(float32)) >= 15  # source-dependent outputs, so agreeing on them means something
-    assert sum(a == b for a, b in zip(int8, float32)) >= 0.6 * len(sentences), list(zip(int8, float32))
-    assert sacrebleu.corpus_bleu(int8, [float32]).score > 70
-    assert CTranslate2Translator(out).translate([]) == []
+    int8, float32 = CTranslate2Translator(out), CTranslate2Translator(ct2_float32)
+    tokenizer = float32.tokenizer
+    german, english = head(multi30k / "test_2016_flickr.de", 30), head(multi30k / "test_2016_flickr.en", 30)
+    sources = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(german).input_ids]
+    targets = [tokenizer.convert_ids_to_tokens(ids)[:-1] for ids in tokenizer(text_target=english).input_ids]
+
+    def token_log_probs(engine: ctranslate2.Translator) -> torch.Tensor:
+        return torch.tensor([p for result in engine.score_batch(sources, targets) for p in result.log_probs])
+
+    quantized, exact = token_log_probs(int8.translator), token_log_probs(float32.translator)
+    assert len(exact) > 300 and exact.mean() > -6.0  # the model learned something: ln(500) = 6.2 is uniform
+    # measured here: per-token |difference| 0.18 nats on a 1.9-nat spread, correlation 0.990, bias -0.06
+    # (a d_model-32 model is hard on int8); the bounds leave room for another machine's fixture
+    assert (quantized - exact).abs().mean() < 0.25 * exact.std()
+    assert abs((quantized - exact).mean()) < 0.3  # perplexity within about 35%
+    assert torch.corrcoef(torch.stack([quantized, exact]))[0, 1] > 0.95
+    assert len(set(int8.translate(german, max_length=30))) >= 10  # int8 still translates, source by source
+    assert int8.translate([]) == []
 
 
 def test_translate_cli_reads_stdin_with_either_engine(model_dir, ct2_float32, german, tmp_path, monkeypatch, capsys):
