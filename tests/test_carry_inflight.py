@@ -1,0 +1,116 @@
+"""benchmarks/carry_inflight.py: unfinished students travel as their newest intact checkpoint, and a
+restore never replaces a newer or equal checkpoint the machine already has."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tiekd.checkpoint import MANIFEST, verify_checkpoint
+from tiekd.io import sha256_file
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "carry_inflight.py"
+
+
+@pytest.fixture(scope="module")
+def carry():
+    spec = importlib.util.spec_from_file_location("carry_inflight", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_checkpoint(run_dir: Path, step: int, intact: bool = True) -> Path:
+    """A step folder with the manifest `save_checkpoint` writes (weights stand-in, state); `intact`
+    False leaves it as a crash mid-write would (no manifest)."""
+    folder = run_dir / "checkpoints" / f"step_{step:07d}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(f"weights at {step}".encode())
+    (folder / "trainer_state.pt").write_bytes(f"state at {step}".encode())
+    if intact:
+        files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+        (folder / MANIFEST).write_text(json.dumps({"files": files, "step": step}))
+    return folder
+
+
+def make_stage(experiment: Path, name: str, steps: list[int], finished: bool = False,
+               broken_newest: bool = False) -> Path:
+    run = experiment / "students" / name / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "valid", "step": max(steps, default=0)}) + "\n")
+    (run / "config.yaml").write_text("method: tie-kd\n")
+    for step in steps:
+        make_checkpoint(run, step)
+    if broken_newest:
+        make_checkpoint(run, max(steps) + 200, intact=False)
+    if finished:
+        (run.parent / "stage.json").write_text("{}")
+    return run.parent
+
+
+def carried_steps(stage: Path) -> list[str]:
+    return sorted(p.name for p in (stage / "run" / "checkpoints").iterdir())
+
+
+def test_save_carries_the_newest_intact_checkpoint_of_unfinished_stages_only(carry, tmp_path, capsys):
+    experiment, dest = tmp_path / "run", tmp_path / "inflight"
+    make_stage(experiment, "tie-kd-seed1", [200, 400], broken_newest=True)  # step 600 torn mid-write
+    make_stage(experiment, "word-kd-seed1", [200, 400], finished=True)
+    make_stage(experiment, "seq-kd-seed1", [])
+    (dest / "word-kd-seed1").mkdir(parents=True)  # carried earlier, finished since
+
+    carry.save(experiment, dest)
+
+    assert sorted(p.name for p in dest.iterdir()) == ["tie-kd-seed1"]
+    assert carried_steps(dest / "tie-kd-seed1") == ["step_0000400"]
+    assert verify_checkpoint(dest / "tie-kd-seed1" / "run" / "checkpoints" / "step_0000400") is None
+    assert (dest / "tie-kd-seed1" / "run" / "metrics.jsonl").is_file()
+    printed = capsys.readouterr().out
+    assert "seq-kd-seed1: no intact checkpoint yet" in printed and "word-kd-seed1: finished" in printed
+
+
+def test_a_second_save_replaces_the_carried_copy(carry, tmp_path):
+    experiment, dest = tmp_path / "run", tmp_path / "inflight"
+    stage = make_stage(experiment, "tie-kd-seed1", [200])
+    carry.save(experiment, dest)
+    make_checkpoint(stage / "run", 400)
+    carry.save(experiment, dest)
+    assert carried_steps(dest / "tie-kd-seed1") == ["step_0000400"]
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_restore_brings_older_or_damaged_stages_forward_and_keeps_newer_ones(carry, tmp_path, capsys):
+    source_run, dest = tmp_path / "old-machine", tmp_path / "inflight"
+    make_stage(source_run, "behind", [200, 400])
+    make_stage(source_run, "ahead", [200])
+    make_stage(source_run, "damaged", [200, 400])
+    make_stage(source_run, "missing", [400])
+    make_stage(source_run, "done", [400])
+    carry.save(source_run, dest)
+
+    here = tmp_path / "new-machine"
+    make_stage(here, "behind", [200])
+    make_stage(here, "ahead", [200, 400, 600])
+    make_stage(here, "damaged", [200], broken_newest=True)  # its step 400 has no manifest
+    make_stage(here, "done", [200], finished=True)
+
+    carry.restore(dest, here)
+
+    students = here / "students"
+    assert carried_steps(students / "behind") == ["step_0000400"]  # the carried copy replaced the older one
+    assert carried_steps(students / "ahead") == ["step_0000200", "step_0000400", "step_0000600"]  # kept
+    assert carried_steps(students / "damaged") == ["step_0000400"]
+    assert verify_checkpoint(students / "damaged" / "run" / "checkpoints" / "step_0000400") is None
+    assert carried_steps(students / "missing") == ["step_0000400"]
+    assert carried_steps(students / "done") == ["step_0000200"] and (students / "done" / "stage.json").is_file()
+    assert "done: already finished here" in capsys.readouterr().out
+
+
+def test_bad_folders_are_named_with_a_fix(carry, tmp_path):
+    with pytest.raises(SystemExit, match="no students folder; fix"):
+        carry.save(tmp_path / "nowhere", tmp_path / "dest")
+    with pytest.raises(SystemExit, match="no carried students here; fix"):
+        carry.restore(tmp_path / "nowhere", tmp_path / "run")
