@@ -2,6 +2,9 @@
 
     python benchmarks/bench_train_step.py --data runs/quick/data --student small --teacher teacher
     python benchmarks/bench_train_step.py --data DATA --device cuda --student base --teacher big --steps 40
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --data runs/converged/data --student tiny \
+        --teacher-model runs/converged/teacher/model --student-model runs/converged/students/no-kd-tiny-seed1/model --methods none,word-kd,kd-top1-only,kd-without-top1,tie-kd:1,tie-kd:3,jsd,on-policy \
+        --json runs/converged/update_costs.json        # the converged table's equal-compute costs
 
 For each objective (none, word-KD, TIE-KD with N=1 and N=3) the same student preset and teacher preset
 (random weights: speed does not depend on their values) train on the same real batches. Printed:
@@ -66,6 +69,10 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="prepared-data folder")
     parser.add_argument("--student", default="small")
     parser.add_argument("--teacher", default="teacher")
+    parser.add_argument("--teacher-model", help="a trained teacher folder instead of the --teacher preset")
+    parser.add_argument("--student-model", help="a trained student folder to start every objective from instead "
+                        "of the --student preset (on-policy KD decodes its own output: a random student's runs "
+                        "to the length limit)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per objective")
@@ -78,11 +85,13 @@ def main() -> None:
     from tiekd.batching import collate, encode_pair_files, make_batches
     from tiekd.config import RunConfig
     from tiekd.data.prepare import load_prepared
-    from tiekd.models import build_model, parameter_count
+    from tiekd.models import build_model, load_model, parameter_count
     from tiekd.objectives import DistillationObjective
+    from tiekd.malloc_tuning import keep_freed_memory
     from tiekd.tokenizer import load_tokenizer
     from tiekd.trainer import autocast_context, pick_device
 
+    keep_freed_memory()  # as the tiekd command does (tiekd/malloc_tuning.py)
     device = pick_device(args.device)
     prepared = load_prepared(args.data)
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
@@ -95,7 +104,8 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 2048)
     torch.manual_seed(0)
-    teacher = build_model(args.teacher, tokenizer).to(device).eval().requires_grad_(False)
+    teacher = load_model(args.teacher_model) if args.teacher_model else build_model(args.teacher, tokenizer)
+    teacher = teacher.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         teacher = teacher.to(torch.bfloat16)
     results = []
@@ -103,7 +113,8 @@ def main() -> None:
         method, _, passes = spec.partition(":")
         passes = int(passes or 1)
         torch.manual_seed(0)
-        student = build_model(args.student, tokenizer).to(device).train()
+        student = load_model(args.student_model) if args.student_model else build_model(args.student, tokenizer)
+        student = student.to(device).train()
         config = RunConfig(data=args.data, out="unused", method=method, teacher="t" if method != "none" else "",
                            iterative_passes=passes)
         objective = DistillationObjective(student, config, teacher if method != "none" else None)
@@ -115,7 +126,7 @@ def main() -> None:
         for k, batch in enumerate(chosen):
             if k == args.warmup:
                 sync(device)
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 tokens = flops = 0.0
             batch = batch.to(device)
             with autocast_context(device, "auto"):
@@ -130,7 +141,10 @@ def main() -> None:
                                 passes if method == "tie-kd" else 1, method != "none")
         sync(device)
         seconds = time.perf_counter() - started
-        row = {"method": spec, "tokens_per_s": tokens / seconds, "model_tflops": flops / seconds / 1e12,
+        # CPU seconds of this process per update: what the equal-compute view counts (update_costs.json)
+        cpu_per_update = (time.process_time() - cpu_started) / args.steps
+        row = {"method": spec, "tokens_per_s": tokens / seconds, "cpu_s_per_update": cpu_per_update,
+               "model_tflops": flops / seconds / 1e12,
                "mfu": flops / seconds / peak, "student_params": parameter_count(student),
                "teacher_params": parameter_count(teacher)}
         if device.type == "cuda":
@@ -141,8 +155,8 @@ def main() -> None:
     header = f"{'objective':12} {'tok/s':>10} {'vs none':>8} {'TFLOP/s':>8} {'MFU':>7}" + (
         f" {'peak GiB':>9}" if device.type == "cuda" else "")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    print(f"device {name}; matmul peak {peak / 1e12:.2f} TFLOP/s ({dtype}); student {args.student} "
-          f"({results[0]['student_params'] / 1e6:.1f}M), teacher {args.teacher} ({results[0]['teacher_params'] / 1e6:.1f}M); "
+    print(f"device {name}; matmul peak {peak / 1e12:.2f} TFLOP/s ({dtype}); student {args.student_model or args.student} "
+          f"({results[0]['student_params'] / 1e6:.1f}M), teacher {args.teacher_model or args.teacher} ({results[0]['teacher_params'] / 1e6:.1f}M); "
           f"max_tokens {args.max_tokens}, {args.steps} timed steps")
     print(header)
     for row in results:

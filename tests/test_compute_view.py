@@ -31,3 +31,61 @@ def test_equal_compute_table_plot_and_late_gain(tmp_path):
     assert "| B | tiny | 1 | 4.00 | 30.20 | 15.00 | 30.20 |" in section
     assert late_gain(tmp_path / "b" / "run") == 30.2 - 30.0  # last vs the last at <= 75% of 400 updates
     assert _equal_compute_section([], tmp_path) == []
+
+
+def _costs(folder: Path, cpu_s_per_update: dict) -> None:
+    rows = [{"method": name, "cpu_s_per_update": cost} for name, cost in cpu_s_per_update.items()]
+    (folder / "update_costs.json").write_text(json.dumps({"results": rows}))
+
+
+def _settings(folder: Path, **settings) -> None:
+    import yaml
+
+    (folder / "run" / "config.yaml").write_text(yaml.safe_dump(settings))
+
+
+def test_measured_update_costs_replace_the_logged_cpu_time(tmp_path):
+    """With update_costs.json the x axis is the sum of each update's measured cost: TIE-KD's updates
+    before iterative_start_update cost one pass, seq-KD's a No-KD update; the logged time is ignored."""
+    from tiekd.compute_view import load_update_costs, validation_curve
+    from tiekd.report import _equal_compute_section
+
+    # the logged hours (1 per point) would make every row equal: the measured costs must decide
+    _run(tmp_path / "none", [(100, 1.0, 10.0), (200, 1.0, 20.0)])
+    _settings(tmp_path / "none", method="none")
+    _run(tmp_path / "tie", [(100, 1.0, 15.0), (200, 1.0, 25.0)])
+    _settings(tmp_path / "tie", method="tie-kd", iterative_passes=3, iterative_start_update=0)
+    _run(tmp_path / "late", [(100, 1.0, 12.0), (200, 1.0, 24.0)])
+    _settings(tmp_path / "late", method="tie-kd", iterative_passes=3, iterative_start_update=150)
+    _run(tmp_path / "seq", [(200, 1.0, 21.0)])
+    _settings(tmp_path / "seq", method="seq-kd")
+    _costs(tmp_path, {"none": 1.8, "tie-kd": 4.5, "tie-kd:3": 10.8})
+    costs = load_update_costs(tmp_path / "update_costs.json")
+    assert costs == {"none": 1.8, "tie-kd:1": 4.5, "tie-kd:3": 10.8}
+    assert validation_curve(tmp_path / "none" / "run", costs) == [(0.05, 10.0), (0.1, 20.0)]
+    assert validation_curve(tmp_path / "tie" / "run", costs) == [(0.3, 15.0), (0.6, 25.0)]
+    hours = [h for h, _ in validation_curve(tmp_path / "late" / "run", costs)]
+    assert hours == [100 * 4.5 / 3600, (150 * 4.5 + 50 * 10.8) / 3600]
+    assert validation_curve(tmp_path / "seq" / "run", costs) == [(0.1, 21.0)]
+    rows = [{"name": name, "size": "tiny", "seed": 1, "folder": str(tmp_path / name)}
+            for name in ("none", "tie", "late", "seq")]
+    section = "\n".join(_equal_compute_section(rows, tmp_path))
+    assert "measured side by side in `update_costs.json`" in section
+    assert "| tie | tiny | 1 | 0.60 | 25.00 |" in section
+
+
+def test_a_missing_or_broken_cost_is_named_with_the_fix(tmp_path):
+    import pytest
+
+    from tiekd.compute_view import load_update_costs, validation_curve
+    from tiekd.errors import TiekdError
+
+    _run(tmp_path / "jsd", [(100, 1.0, 10.0)])
+    _settings(tmp_path / "jsd", method="jsd")
+    _costs(tmp_path, {"none": 1.8})
+    with pytest.raises(TiekdError, match="no measured cost per update for jsd.*Fix: measure it"):
+        validation_curve(tmp_path / "jsd" / "run", load_update_costs(tmp_path / "update_costs.json"))
+    (tmp_path / "update_costs.json").write_text('{"results": [{"method": "none"}]}')
+    with pytest.raises(TiekdError, match="update_costs.json: not a bench_train_step result.*Fix"):
+        load_update_costs(tmp_path / "update_costs.json")
+    assert load_update_costs(tmp_path / "absent.json") is None

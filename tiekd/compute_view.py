@@ -5,6 +5,17 @@ can win at equal updates and lose at equal compute. Each student's `metrics.json
 validation records with `train_core_seconds` (tiekd.trainer: CPU time of the training updates,
 validation excluded, summed over resumes); this module turns them into curves, a plot, and the BLEU
 each row reaches within given budgets of core-hours.
+
+Those CPU seconds are only comparable between runs made on one machine under one load. A table that
+runs for days is trained on several machines (ours differ by up to 2x in speed), so an experiment
+folder may hold `update_costs.json`: the CPU seconds per update of each objective, measured side by
+side in one run (`benchmarks/bench_train_step.py --json update_costs.json`). With it, a run's compute
+at update u is the sum of its updates' measured costs,
+
+    compute(u) = sum_{i=1..u} cost(objective of update i)        (CPU seconds on the benchmark's machine)
+
+where TIE-KD's updates before `iterative_start_update` cost one pass, and sequence-level KD's updates
+cost a No-KD update (the teacher's decoding of the training set, done once, is not counted).
 """
 
 from __future__ import annotations
@@ -14,7 +25,10 @@ import json
 import statistics
 from pathlib import Path
 
+from .errors import TiekdError
 from .io import atomic_write_bytes
+
+UPDATE_COSTS_FILE = "update_costs.json"
 
 
 def validation_records(run_folder: Path) -> list[dict]:
@@ -33,10 +47,66 @@ def validation_records(run_folder: Path) -> list[dict]:
     return records
 
 
-def validation_curve(run_folder: Path) -> list[tuple[float, float]]:
-    """[(core-hours, validation BLEU)] of one run, in update order; [] when it logged no compute."""
-    return [(r["train_core_seconds"] / 3600, r["bleu"]) for r in validation_records(run_folder)
-            if "train_core_seconds" in r]
+def validation_curve(run_folder: Path, update_costs: dict[str, float] | None = None) -> list[tuple[float, float]]:
+    """[(core-hours, validation BLEU)] of one run, in update order; [] when it logged no compute.
+    With `update_costs` (load_update_costs), the core-hours are the measured costs of its updates
+    instead of the CPU time it logged."""
+    records = validation_records(run_folder)
+    if update_costs is not None:
+        settings = run_settings(run_folder)
+        return [(updates_cost(settings, r["step"], update_costs, run_folder) / 3600, r["bleu"]) for r in records]
+    return [(r["train_core_seconds"] / 3600, r["bleu"]) for r in records if "train_core_seconds" in r]
+
+
+def load_update_costs(path: Path) -> dict[str, float] | None:
+    """{objective: CPU seconds per update} from bench_train_step.py's JSON; None when the file is absent.
+
+    Objectives are named as the benchmark names them: a method ("none", "word-kd", "jsd", ...), and
+    TIE-KD with its passes ("tie-kd:1", "tie-kd:3"; a bare "tie-kd" is one pass)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    fix = "Fix: write it with benchmarks/bench_train_step.py --json, or remove it to plot logged CPU time"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+        costs = {}
+        for row in rows:
+            name = row["method"]
+            costs[f"{name}:1" if name == "tie-kd" else name] = float(row["cpu_s_per_update"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise TiekdError(f"{path}: not a bench_train_step result with cpu_s_per_update ({error!r}). {fix}") from error
+    return costs
+
+
+def run_settings(run_folder: Path) -> dict:
+    """The run's config.yaml, over RunConfig's defaults (for settings an older run did not write)."""
+    import dataclasses
+
+    import yaml
+
+    from .config import RunConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)
+                if f.default is not dataclasses.MISSING}
+    path = Path(run_folder) / "config.yaml"
+    written = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {**defaults, **(written or {})}
+
+
+def updates_cost(settings: dict, updates: int, costs: dict[str, float], where: Path | str = "a run") -> float:
+    """CPU seconds of a run's first `updates` updates at the measured per-update `costs`."""
+    method = settings["method"]
+    if method == "tie-kd":
+        # update i runs N passes once i - 1 >= iterative_start_update (tiekd.objectives), one before
+        early = min(updates, settings["iterative_start_update"])
+        parts = {"tie-kd:1": early, f"tie-kd:{settings['iterative_passes']}": updates - early}
+    else:  # seq-kd trains on stored targets: a No-KD update
+        parts = {"none" if method == "seq-kd" else method: updates}
+    missing = [key for key, count in parts.items() if count and key not in costs]
+    if missing:
+        raise TiekdError(f"{where}: no measured cost per update for {', '.join(missing)} in {UPDATE_COSTS_FILE}. "
+                         f"Fix: measure it beside the others (bench_train_step.py --methods ...,{missing[0]})")
+    return sum(count * costs[key] for key, count in parts.items() if count)
 
 
 def late_gain(run_folder: Path) -> float | None:
@@ -57,9 +127,10 @@ def bleu_within(curve: list[tuple[float, float]], budget: float) -> float | None
     return reached[-1] if reached else None
 
 
-def run_curves(rows: list[dict]) -> list[tuple[dict, list[tuple[float, float]]]]:
-    """(row, validation curve) for each experiment row whose run logged its compute."""
-    curves = [(row, validation_curve(Path(row["folder"]) / "run")) for row in rows]
+def run_curves(rows: list[dict], update_costs: dict[str, float] | None = None) -> list[tuple[dict, list]]:
+    """(row, validation curve) for each experiment row whose run logged its compute (or whose
+    updates have measured costs)."""
+    curves = [(row, validation_curve(Path(row["folder"]) / "run", update_costs)) for row in rows]
     return [(row, curve) for row, curve in curves if curve]
 
 
@@ -100,7 +171,8 @@ def markdown_table(lines: list[dict], budgets: list[float]) -> list[str]:
     return out
 
 
-def plot_curves(curves: list[tuple[dict, list]], path: Path) -> None:
+def plot_curves(curves: list[tuple[dict, list]], path: Path,
+                xlabel: str = "training compute (CPU core-hours, validation excluded)") -> None:
     """Validation BLEU against core-hours, one line per run, one colour per row name."""
     import matplotlib
 
@@ -116,7 +188,7 @@ def plot_curves(curves: list[tuple[dict, list]], path: Path) -> None:
         ax.plot([h for h, _ in curve], [b for _, b in curve], marker=".", color=colours(names.index(label) % 10),
                 label=None if label in labelled else label, alpha=0.8)
         labelled.add(label)
-    ax.set_xlabel("training compute (CPU core-hours, validation excluded)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation BLEU (greedy)")
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)

@@ -445,7 +445,9 @@ class Pipeline:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="quick", help="quick (README job, ~8 min on 2 CPU cores), cpu (~4 core-hours), gpu (one GPU)")
+    parser.add_argument("--preset", default="quick",
+                        help="quick (the README job: 13-27 min on 2 CPU cores), cpu (~4 core-hours), "
+                             "converged (~38 core-hours), gpu (one GPU)")
     parser.add_argument("--config", help="experiment YAML (overrides --preset); see tiekd/presets/")
     parser.add_argument("--out", required=True, help="experiment folder (rerun the same command to continue)")
     parser.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -225,17 +225,27 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
 
 
 def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
-    """Validation BLEU against core-hours (tiekd.compute_view), when the runs logged their compute."""
-    from .compute_view import equal_compute_rows, markdown_table, plot_curves, run_curves
+    """Validation BLEU against core-hours (tiekd.compute_view), when the runs logged their compute; at
+    the measured cost of each update when the experiment folder holds update_costs.json."""
+    from .compute_view import (UPDATE_COSTS_FILE, equal_compute_rows, load_update_costs, markdown_table,
+                               plot_curves, run_curves)
 
-    curves = run_curves(rows)  # each run's metrics.jsonl is read once, for the table and the plot
+    update_costs = load_update_costs(out / UPDATE_COSTS_FILE)
+    curves = run_curves(rows, update_costs)  # each run's metrics.jsonl is read once, for the table and the plot
     if not curves:
         return []
     lines = equal_compute_rows(curves)
     budgets = list(lines[0]["within"])
-    plot_curves(curves, out / "bleu_by_core_hours.png")
+    if update_costs is None:
+        unit = "training CPU core-hours (validation excluded; as each run logged them)"
+        xlabel = "training compute (CPU core-hours, validation excluded)"
+    else:
+        unit = (f"training CPU core-hours at the costs per update measured side by side in `{UPDATE_COSTS_FILE}` "
+                "(the same machine for every row; sequence-level KD's one-time decoding of the training set "
+                "not counted)")
+        xlabel = f"training compute (CPU core-hours at the costs in {UPDATE_COSTS_FILE})"
+    plot_curves(curves, out / "bleu_by_core_hours.png", xlabel)
     return ["## Equal compute", "",
-            "Validation BLEU (greedy, the validation split) each row reaches within a budget of training "
-            "CPU core-hours (validation excluded; mean over seeds, the last validation within the budget; "
-            "– : no validation that cheap).", "", *markdown_table(lines, budgets), "",
-            "![validation BLEU by core-hours](bleu_by_core_hours.png)", ""]
+            f"Validation BLEU (greedy, the validation split) each row reaches within a budget of {unit} "
+            "(mean over seeds, the last validation within the budget; – : no validation that cheap).", "",
+            *markdown_table(lines, budgets), "", "![validation BLEU by core-hours](bleu_by_core_hours.png)", ""]
