@@ -4,11 +4,13 @@ A converged table takes many working stretches, and a stretch's machine is not a
 next one: a student still training when the machine goes is lost with it. A TIE-KD student of the
 converged preset needs more core-hours than one stretch gives a worker, so without this it never ends.
 
-    save:    for every student stage without a stage.json (not finished), copy its run files and its
-             newest intact step checkpoint (weights, optimizer, scheduler, data position, RNG) into
-             DEST/<stage>/run/; stages finished since the last save are dropped from DEST.
-    restore: copy DEST/<stage> into RUN/students/<stage> where RUN has no newer intact checkpoint of it;
-             `tiekd experiment` then resumes it from that checkpoint as after any interruption.
+    save:    for every student stage without a stage.json (not finished), copy its run files, its
+             newest intact step checkpoint (weights, optimizer, scheduler, data position, RNG) and its
+             sequence-level KD targets (run/seqkd/train.hyp, when made) into DEST/<stage>/run/; stages
+             finished since the last save are dropped from DEST.
+    restore: copy DEST/<stage> into RUN/students/<stage> where RUN has no newer intact checkpoint of it
+             (and the carried targets where RUN lacks them); `tiekd experiment` then resumes it from that
+             checkpoint as after any interruption, and a seq-KD stage trains on the carried targets.
 
     python benchmarks/carry_inflight.py save    /work/bg/runs/converged results/converged/inflight
     python benchmarks/carry_inflight.py restore results/converged/inflight runs/converged
@@ -23,9 +25,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint
+
+# where a run keeps the teacher's translations it trains on (tiekd/training/corpus.py): hours of decoding
+# with the pinned code's `generate`, so they travel like a checkpoint
+TARGETS = Path("seqkd")
+TARGET_FILES = ("train.hyp", "info.json")
 
 
 def _newest_intact_step(run_dir: Path) -> int:
@@ -47,8 +55,9 @@ def save(experiment_dir: Path, dest: Path) -> None:
                 print(f"{stage.name}: finished; its carried checkpoint is dropped")
             continue
         checkpoint = latest_good_checkpoint(stage / "run" / "checkpoints")
-        if checkpoint is None:
-            print(f"{stage.name}: no intact checkpoint yet; nothing to carry")
+        has_targets = _has_targets(stage / "run")
+        if checkpoint is None and not has_targets:
+            print(f"{stage.name}: no intact checkpoint or targets yet; nothing to carry")
             continue
         # write beside, then swap, so an interrupted save leaves the previous carried copy whole
         staging = dest / f".{stage.name}.tmp"
@@ -57,10 +66,26 @@ def save(experiment_dir: Path, dest: Path) -> None:
         for item in (stage / "run").iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / "run" / item.name)
-        shutil.copytree(checkpoint, staging / "run" / "checkpoints" / checkpoint.name)
+        if checkpoint is not None:
+            shutil.copytree(checkpoint, staging / "run" / "checkpoints" / checkpoint.name)
+        if has_targets:
+            _copy_targets(stage / "run", staging / "run")
         shutil.rmtree(carried, ignore_errors=True)
         staging.rename(carried)
-        print(f"{stage.name}: carried {checkpoint.name}")
+        what = [checkpoint.name] if checkpoint is not None else []
+        print(f"{stage.name}: carried {' and '.join(what + (['its seq-KD targets'] if has_targets else []))}")
+
+
+def _has_targets(run_dir: Path) -> bool:
+    return (run_dir / TARGETS / TARGET_FILES[0]).is_file()
+
+
+def _copy_targets(run_dir: Path, into: Path) -> None:
+    """The finished targets file (and its info), not the shards it was merged from."""
+    (into / TARGETS).mkdir(parents=True, exist_ok=True)
+    for name in TARGET_FILES:
+        if (run_dir / TARGETS / name).is_file():
+            shutil.copy2(run_dir / TARGETS / name, into / TARGETS / name)
 
 
 def restore(source: Path, experiment_dir: Path) -> None:
@@ -72,11 +97,26 @@ def restore(source: Path, experiment_dir: Path) -> None:
             print(f"{carried.name}: already finished here; left as it is")
             continue
         have, bring = _newest_intact_step(target / "run"), _newest_intact_step(carried / "run")
+        targets_missing_here = _has_targets(carried / "run") and not _has_targets(target / "run")
         if have >= bring:
-            print(f"{carried.name}: this machine's step {have} is not older than the carried {bring}; kept")
+            if targets_missing_here:
+                if not (target / "run" / "config.yaml").is_file():  # a run folder the trainer will resume
+                    (target / "run").mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(carried / "run" / "config.yaml", target / "run" / "config.yaml")
+                _copy_targets(carried / "run", target / "run")
+                print(f"{carried.name}: its seq-KD targets restored; this machine's step {have} kept")
+            else:
+                print(f"{carried.name}: this machine's step {have} is not older than the carried {bring}; kept")
             continue
+        kept = None
+        if _has_targets(target / "run") and not _has_targets(carried / "run"):
+            kept = Path(tempfile.mkdtemp(dir=experiment_dir))  # the local targets outlive the swap
+            _copy_targets(target / "run", kept)
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(carried, target)
+        if kept is not None:
+            _copy_targets(kept, target / "run")
+            shutil.rmtree(kept)
         print(f"{carried.name}: restored at step {bring}")
 
 

@@ -69,7 +69,7 @@ def test_save_carries_the_newest_intact_checkpoint_of_unfinished_stages_only(car
     assert verify_checkpoint(dest / "tie-kd-seed1" / "run" / "checkpoints" / "step_0000400") is None
     assert (dest / "tie-kd-seed1" / "run" / "metrics.jsonl").is_file()
     printed = capsys.readouterr().out
-    assert "seq-kd-seed1: no intact checkpoint yet" in printed and "word-kd-seed1: finished" in printed
+    assert "seq-kd-seed1: no intact checkpoint or targets yet" in printed and "word-kd-seed1: finished" in printed
 
 
 def test_a_second_save_replaces_the_carried_copy(carry, tmp_path):
@@ -114,3 +114,44 @@ def test_bad_folders_are_named_with_a_fix(carry, tmp_path):
         carry.save(tmp_path / "nowhere", tmp_path / "dest")
     with pytest.raises(SystemExit, match="no carried students here; fix"):
         carry.restore(tmp_path / "nowhere", tmp_path / "run")
+
+
+def make_targets(run_dir: Path, text: str) -> None:
+    """The teacher's translations a seq-KD run trains on, with the shards they were merged from."""
+    (run_dir / "seqkd" / "chunks").mkdir(parents=True, exist_ok=True)
+    (run_dir / "seqkd" / "chunks" / "000000.txt").write_text(text)
+    (run_dir / "seqkd" / "train.hyp").write_text(text)
+
+
+def test_seq_kd_targets_travel_without_a_checkpoint_and_are_not_lost_in_a_restore(carry, tmp_path, capsys):
+    source_run, dest = tmp_path / "old-machine", tmp_path / "inflight"
+    make_targets(make_stage(source_run, "seq-kd-seed1", []) / "run", "a dog runs .\n")
+    make_targets(make_stage(source_run, "seq-kd-seed2", [200]) / "run", "two dogs .\n")
+    carry.save(source_run, dest)
+    assert (dest / "seq-kd-seed1" / "run" / "seqkd" / "train.hyp").read_text() == "a dog runs .\n"
+    assert not (dest / "seq-kd-seed1" / "run" / "seqkd" / "chunks").exists()  # the merged file is enough
+    assert (dest / "seq-kd-seed1" / "run" / "config.yaml").is_file()
+    assert "seq-kd-seed2: carried step_0000200 and its seq-KD targets" in capsys.readouterr().out
+
+    here = tmp_path / "new-machine"
+    carry.restore(dest, here)  # a fresh machine: the config and targets are put where the trainer reads them
+    assert (here / "students" / "seq-kd-seed1" / "run" / "seqkd" / "train.hyp").read_text() == "a dog runs .\n"
+    assert (here / "students" / "seq-kd-seed1" / "run" / "config.yaml").is_file()
+
+    again = tmp_path / "third-machine"
+    make_stage(again, "seq-kd-seed2", [200, 400])  # ahead of the carried step, but without the targets
+    carry.restore(dest, again)
+    stage = again / "students" / "seq-kd-seed2"
+    assert carried_steps(stage) == ["step_0000200", "step_0000400"]
+    assert (stage / "run" / "seqkd" / "train.hyp").read_text() == "two dogs .\n"
+
+    behind = tmp_path / "fourth-machine"
+    make_targets(make_stage(behind, "seq-kd-seed1", []) / "run", "its own .\n")  # already decoded here
+    (dest / "seq-kd-seed1" / "run" / "seqkd" / "train.hyp").unlink()
+    make_checkpoint(dest / "seq-kd-seed1" / "run", 200)  # the carried copy is ahead and has no targets
+    carry.restore(dest, behind)
+    stage = behind / "students" / "seq-kd-seed1"
+    assert carried_steps(stage) == ["step_0000200"]
+    assert (stage / "run" / "seqkd" / "train.hyp").read_text() == "its own .\n"  # kept through the swap
+    assert not [p for p in behind.iterdir() if p.name != "students"]  # no temporary folder left
+
