@@ -118,3 +118,13 @@ def test_baseline_columns_come_from_the_marked_rows():
     assert baseline_names(rows) == ["Word-KD", "No-KD"]
     assert [baseline_key(n) for n in ("No-KD", "Word-KD", "Seq-KD (beam 4)")] == ["vs_no_kd", "vs_word_kd",
                                                                                  "vs_seq_kd_beam_4"]
+
+
+def test_p_values_below_three_decimals_read_as_below_a_bound():
+    from tiekd.report import _p
+
+    sig = {"vs_no_kd": {"diff": 1.5, "per_seed": [{"diff": 1.58, "p_value": 0.0002}, {"diff": 1.42, "p_value": 0.012}]}}
+    assert _p(sig, "vs_no_kd") == "+1.50 mean (seeds: +1.58 p<0.001; +1.42 p=0.012)"
+    sig = {"vs_no_kd": {"diff": 0.3, "per_seed": [{"diff": 0.3, "p_value": 0.0005}]}}
+    assert _p(sig, "vs_no_kd") == "+0.30 (p=0.001)"  # rounds to 0.001, so it is shown as such
+    assert _p(sig, "vs_word_kd") == "–"

@@ -114,13 +114,18 @@ def _fmt(pair: tuple[float, float | None], scale: float = 1.0, digits: int = 2) 
     return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
 
 
+def _p_value(p: float) -> str:
+    """p=0.012, or p<0.001 below what three decimals show (approximate randomization reaches 1e-4)."""
+    return "p<0.001" if p < 0.0005 else f"p={p:.3f}"
+
+
 def _p(sig: dict, key: str) -> str:
     if key not in sig:
         return "–"
     item = sig[key]
     if len(item["per_seed"]) == 1:
-        return f"{item['diff']:+.2f} (p={item['per_seed'][0]['p_value']:.3f})"
-    seeds = "; ".join(f"{t['diff']:+.2f} p={t['p_value']:.3f}" for t in item["per_seed"])
+        return f"{item['diff']:+.2f} ({_p_value(item['per_seed'][0]['p_value'])})"
+    seeds = "; ".join(f"{t['diff']:+.2f} {_p_value(t['p_value'])}" for t in item["per_seed"])
     return f"{item['diff']:+.2f} mean (seeds: {seeds})"
 
 
