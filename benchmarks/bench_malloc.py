@@ -87,6 +87,9 @@ def summarise(cases: list[dict]) -> dict:
         mine = [case for case in cases if case["setting"] == setting]
         out[setting] = {name: statistics.median(case[name] for case in mine) for name in figures}
         out[setting]["cpu_s_per_step"] = statistics.median(c["user_s_per_step"] + c["sys_s_per_step"] for c in mine)
+    if not all(case["applied"] for case in cases if case["setting"] == "tuned"):
+        raise SystemExit("the tuned cases ran with glibc's default malloc (keep_freed_memory() was skipped: "
+                         "not glibc?); fix: run where tiekd.malloc_tuning.skip_reason() is None")
     out["cpu_ratio_default_over_tuned"] = out["default"]["cpu_s_per_step"] / out["tuned"]["cpu_s_per_step"]
     out["same_weights"] = len({case["weights_sha256"] for case in cases}) == 1
     return out

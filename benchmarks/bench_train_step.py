@@ -101,6 +101,9 @@ def main() -> None:
     order = torch.randperm(len(batches), generator=generator).tolist()
     needed = args.warmup + args.steps
     chosen = [collate(corpus, batches[i]) for i in order[:needed]]
+    if len(chosen) <= args.warmup:
+        raise SystemExit(f"{args.data}: {len(chosen)} batches of {args.max_tokens} tokens, not more than --warmup "
+                         f"{args.warmup}; fix: a smaller --warmup or --max-tokens")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 2048)
     torch.manual_seed(0)
@@ -142,7 +145,7 @@ def main() -> None:
         sync(device)
         seconds = time.perf_counter() - started
         # CPU seconds of this process per update: what the equal-compute view counts (update_costs.json)
-        cpu_per_update = (time.process_time() - cpu_started) / args.steps
+        cpu_per_update = (time.process_time() - cpu_started) / (len(chosen) - args.warmup)
         row = {"method": spec, "tokens_per_s": tokens / seconds, "cpu_s_per_update": cpu_per_update,
                "model_tflops": flops / seconds / 1e12,
                "mfu": flops / seconds / peak, "student_params": parameter_count(student),

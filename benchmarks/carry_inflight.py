@@ -33,7 +33,7 @@ from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint
 # where a run keeps the teacher's translations it trains on (tiekd/training/corpus.py): hours of decoding
 # with the pinned code's `generate`, so they travel like a checkpoint
 TARGETS = Path("seqkd")
-TARGET_FILES = ("train.hyp", "info.json")
+TARGET_FILES = ("train.hyp", "train.hyp.json", "info.json")  # the targets, then their settings (new, pinned code)
 
 
 def _newest_intact_step(run_dir: Path) -> int:
@@ -58,6 +58,14 @@ def save(experiment_dir: Path, dest: Path) -> None:
         has_targets = _has_targets(stage / "run")
         if checkpoint is None and not has_targets:
             print(f"{stage.name}: no intact checkpoint or targets yet; nothing to carry")
+            continue
+        here, carried_step = _newest_intact_step(stage / "run"), _newest_intact_step(carried / "run")
+        if carried_step > here:  # never trade a carried checkpoint for an older one (restore was not run here)
+            if has_targets and not _has_targets(carried / "run"):
+                _copy_targets(stage / "run", carried / "run")
+            print(f"{stage.name}: the carried step {carried_step} is newer than this machine's "
+                  f"{here if here >= 0 else 'none'}; kept "
+                  "(fix: run `restore` before training on a new machine)")
             continue
         # write beside, then swap, so an interrupted save leaves the previous carried copy whole
         staging = dest / f".{stage.name}.tmp"
@@ -100,9 +108,14 @@ def restore(source: Path, experiment_dir: Path) -> None:
         targets_missing_here = _has_targets(carried / "run") and not _has_targets(target / "run")
         if have >= bring:
             if targets_missing_here:
+                config = carried / "run" / "config.yaml"
                 if not (target / "run" / "config.yaml").is_file():  # a run folder the trainer will resume
+                    if not config.is_file():
+                        print(f"{carried.name}: carried targets without the run's config.yaml; skipped (fix: "
+                              "save again from the machine that made them)")
+                        continue
                     (target / "run").mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(carried / "run" / "config.yaml", target / "run" / "config.yaml")
+                    shutil.copy2(config, target / "run" / "config.yaml")
                 _copy_targets(carried / "run", target / "run")
                 print(f"{carried.name}: its seq-KD targets restored; this machine's step {have} kept")
             else:

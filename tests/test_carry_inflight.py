@@ -155,3 +155,16 @@ def test_seq_kd_targets_travel_without_a_checkpoint_and_are_not_lost_in_a_restor
     assert (stage / "run" / "seqkd" / "train.hyp").read_text() == "its own .\n"  # kept through the swap
     assert not [p for p in behind.iterdir() if p.name != "students"]  # no temporary folder left
 
+
+def test_a_save_never_replaces_a_newer_carried_checkpoint(carry, tmp_path, capsys):
+    """A machine that decoded targets without restoring first: the carried step stays, the targets join it."""
+    old, dest = tmp_path / "old-machine", tmp_path / "inflight"
+    make_stage(old, "seq-kd-seed1", [200, 400])
+    carry.save(old, dest)
+    here = tmp_path / "new-machine"
+    make_targets(make_stage(here, "seq-kd-seed1", []) / "run", "a cat .\n")
+    carry.save(here, dest)
+    assert carried_steps(dest / "seq-kd-seed1") == ["step_0000400"]
+    assert (dest / "seq-kd-seed1" / "run" / "seqkd" / "train.hyp").read_text() == "a cat .\n"
+    assert "the carried step 400 is newer than this machine's none; kept" in capsys.readouterr().out
+

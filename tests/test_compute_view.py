@@ -35,12 +35,14 @@ def test_equal_compute_table_plot_and_late_gain(tmp_path):
 
 def _costs(folder: Path, cpu_s_per_update: dict) -> None:
     rows = [{"method": name, "cpu_s_per_update": cost} for name, cost in cpu_s_per_update.items()]
-    (folder / "update_costs.json").write_text(json.dumps({"results": rows}))
+    args = {"student": "tiny", "max_tokens": 4096}
+    (folder / "update_costs.json").write_text(json.dumps({"results": rows, "args": args}))
 
 
 def _settings(folder: Path, **settings) -> None:
     import yaml
 
+    settings = {"model": "tiny", "max_tokens": 4096, "max_updates": 200, **settings}
     (folder / "run" / "config.yaml").write_text(yaml.safe_dump(settings))
 
 
@@ -61,7 +63,7 @@ def test_measured_update_costs_replace_the_logged_cpu_time(tmp_path):
     _settings(tmp_path / "seq", method="seq-kd")
     _costs(tmp_path, {"none": 1.8, "tie-kd": 4.5, "tie-kd:3": 10.8})
     costs = load_update_costs(tmp_path / "update_costs.json")
-    assert costs == {"none": 1.8, "tie-kd:1": 4.5, "tie-kd:3": 10.8}
+    assert costs.per_update == {"none": 1.8, "tie-kd:1": 4.5, "tie-kd:3": 10.8}
     assert validation_curve(tmp_path / "none" / "run", costs) == [(0.05, 10.0), (0.1, 20.0)]
     assert validation_curve(tmp_path / "tie" / "run", costs) == [(0.3, 15.0), (0.6, 25.0)]
     hours = [h for h, _ in validation_curve(tmp_path / "late" / "run", costs)]
@@ -74,17 +76,45 @@ def test_measured_update_costs_replace_the_logged_cpu_time(tmp_path):
     assert "| tie | tiny | 1 | 0.60 | 25.00 |" in section
 
 
-def test_a_missing_or_broken_cost_is_named_with_the_fix(tmp_path):
+def test_one_pass_with_a_late_start_counts_every_update():
+    """N = 1 with iterative_start_update > 0: both spans are one-pass updates, none is dropped."""
+    from tiekd.compute_view import UpdateCosts, updates_cost
+
+    costs = UpdateCosts({"tie-kd:1": 4.5}, "tiny", 4096, Path("update_costs.json"))
+    settings = {"method": "tie-kd", "iterative_passes": 1, "iterative_start_update": 150}
+    assert updates_cost(settings, 200, costs) == 200 * 4.5
+
+
+def test_rows_the_costs_cannot_price_are_left_out_and_named(tmp_path):
+    """Another student size, batch or accumulation, or an unmeasured method: the row is left out of the
+    equal-compute view with the reason; the report itself is still written."""
+    from tiekd.report import _equal_compute_section
+
+    _run(tmp_path / "none", [(100, 1.0, 10.0), (200, 1.0, 20.0)])
+    _settings(tmp_path / "none", method="none")
+    _run(tmp_path / "jsd", [(100, 1.0, 11.0)])
+    _settings(tmp_path / "jsd", method="jsd")
+    _run(tmp_path / "small", [(100, 1.0, 12.0)])
+    _settings(tmp_path / "small", method="none", model="small")
+    _run(tmp_path / "accum", [(100, 1.0, 13.0)])
+    _settings(tmp_path / "accum", method="none", update_freq=2)
+    _costs(tmp_path, {"none": 1.8})
+    rows = [{"name": name, "size": "tiny", "seed": 1, "folder": str(tmp_path / name)}
+            for name in ("none", "jsd", "small", "accum")]
+    section = "\n".join(_equal_compute_section(rows, tmp_path))
+    assert "| none | tiny | 1 | 0.10 | 20.00 |" in section
+    assert "| jsd |" not in section and "| small |" not in section and "| accum |" not in section
+    assert "- jsd (tiny) seed 1: no measured cost for jsd" in section
+    assert "- small (tiny) seed 1: measured for `tiny` students with 4096-token batches, the run is `small`" in section
+    assert "- accum (tiny) seed 1: measured at one batch per update, the run accumulates 2" in section
+
+
+def test_a_broken_cost_file_is_named_with_the_fix(tmp_path):
     import pytest
 
-    from tiekd.compute_view import load_update_costs, validation_curve
+    from tiekd.compute_view import load_update_costs
     from tiekd.errors import TiekdError
 
-    _run(tmp_path / "jsd", [(100, 1.0, 10.0)])
-    _settings(tmp_path / "jsd", method="jsd")
-    _costs(tmp_path, {"none": 1.8})
-    with pytest.raises(TiekdError, match="no measured cost per update for jsd.*Fix: measure it"):
-        validation_curve(tmp_path / "jsd" / "run", load_update_costs(tmp_path / "update_costs.json"))
     (tmp_path / "update_costs.json").write_text('{"results": [{"method": "none"}]}')
     with pytest.raises(TiekdError, match="update_costs.json: not a bench_train_step result.*Fix"):
         load_update_costs(tmp_path / "update_costs.json")

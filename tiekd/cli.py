@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 
 from .errors import TiekdError
-from .malloc_tuning import keep_freed_memory
+from .malloc_tuning import tune_for_command
 
 
 def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
@@ -217,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_transformers()
-    # before any tensor exists: training's [tokens, vocab] temporaries then reuse the heap's pages
-    keep_freed_memory()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        # before training allocates: its [tokens, vocab] temporaries then reuse the heap's pages
+        tune_for_command(args.command)
         code = args.func(args)
     except TiekdError as error:
         if debug:

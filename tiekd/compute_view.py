@@ -20,6 +20,7 @@ cost a No-KD update (the teacher's decoding of the training set, done once, is n
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import statistics
@@ -47,19 +48,44 @@ def validation_records(run_folder: Path) -> list[dict]:
     return records
 
 
-def validation_curve(run_folder: Path, update_costs: dict[str, float] | None = None) -> list[tuple[float, float]]:
-    """[(core-hours, validation BLEU)] of one run, in update order; [] when it logged no compute.
-    With `update_costs` (load_update_costs), the core-hours are the measured costs of its updates
-    instead of the CPU time it logged."""
+def validation_curve(run_folder: Path, update_costs: UpdateCosts | None = None) -> list[tuple[float, float]]:
+    """[(core-hours, validation BLEU)] of one run, in update order; [] when it logged no compute, or
+    when `update_costs` (load_update_costs) cannot price it. With them, the core-hours are the measured
+    costs of its updates instead of the CPU time it logged."""
     records = validation_records(run_folder)
     if update_costs is not None:
         settings = run_settings(run_folder)
-        return [(updates_cost(settings, r["step"], update_costs, run_folder) / 3600, r["bleu"]) for r in records]
+        if update_costs.problem(settings) is not None:
+            return []
+        return [(updates_cost(settings, r["step"], update_costs) / 3600, r["bleu"]) for r in records]
     return [(r["train_core_seconds"] / 3600, r["bleu"]) for r in records if "train_core_seconds" in r]
 
 
-def load_update_costs(path: Path) -> dict[str, float] | None:
-    """{objective: CPU seconds per update} from bench_train_step.py's JSON; None when the file is absent.
+@dataclasses.dataclass
+class UpdateCosts:
+    """CPU seconds per update of each objective, and the student and batch size they were measured with:
+    a run of another size or batch is not priced with them (it would cost something else per update)."""
+
+    per_update: dict[str, float]
+    student: str
+    max_tokens: int
+    source: Path
+
+    def problem(self, settings: dict) -> str | None:
+        """Why a run cannot be priced with these costs, or None."""
+        if settings.get("model") != self.student or settings.get("max_tokens") != self.max_tokens:
+            return (f"measured for `{self.student}` students with {self.max_tokens}-token batches, the run is "
+                    f"`{settings.get('model')}` with {settings.get('max_tokens')}")
+        if settings.get("update_freq", 1) != 1:
+            return f"measured at one batch per update, the run accumulates {settings['update_freq']}"
+        missing = [key for key in cost_keys(settings) if key not in self.per_update]
+        if missing:
+            return f"no measured cost for {', '.join(missing)} (bench_train_step.py --methods ...,{missing[0]})"
+        return None
+
+
+def load_update_costs(path: Path) -> UpdateCosts | None:
+    """The costs in bench_train_step.py's JSON; None when the file is absent.
 
     Objectives are named as the benchmark names them: a method ("none", "word-kd", "jsd", ...), and
     TIE-KD with its passes ("tie-kd:1", "tie-kd:3"; a bare "tie-kd" is one pass)."""
@@ -68,20 +94,19 @@ def load_update_costs(path: Path) -> dict[str, float] | None:
         return None
     fix = "Fix: write it with benchmarks/bench_train_step.py --json, or remove it to plot logged CPU time"
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+        report = json.loads(path.read_text(encoding="utf-8"))
         costs = {}
-        for row in rows:
+        for row in report["results"]:
             name = row["method"]
             costs[f"{name}:1" if name == "tie-kd" else name] = float(row["cpu_s_per_update"])
+        student, max_tokens = str(report["args"]["student"]), int(report["args"]["max_tokens"])
     except (ValueError, KeyError, TypeError) as error:
         raise TiekdError(f"{path}: not a bench_train_step result with cpu_s_per_update ({error!r}). {fix}") from error
-    return costs
+    return UpdateCosts(costs, student, max_tokens, path)
 
 
 def run_settings(run_folder: Path) -> dict:
     """The run's config.yaml, over RunConfig's defaults (for settings an older run did not write)."""
-    import dataclasses
-
     import yaml
 
     from .config import RunConfig
@@ -93,20 +118,28 @@ def run_settings(run_folder: Path) -> dict:
     return {**defaults, **(written or {})}
 
 
-def updates_cost(settings: dict, updates: int, costs: dict[str, float], where: Path | str = "a run") -> float:
-    """CPU seconds of a run's first `updates` updates at the measured per-update `costs`."""
+def cost_keys(settings: dict, updates: int | None = None) -> dict[str, int]:
+    """{objective: how many of the run's first `updates` updates (all when None) it trains with}.
+
+    TIE-KD's update i runs its N passes once i - 1 >= iterative_start_update (tiekd.objectives: passes
+    start when `updates_done` reaches it), one pass before; its ranking terms cost too little to price
+    apart (1 pass with ranking: 1.73 CPU s per update, Word-KD 1.76; docs/RESULTS.md), so the "iterative
+    only" ablation is priced as N passes. Seq-KD trains on stored targets: a No-KD update."""
+    if updates is None:  # a run bounded by epochs alone may reach any update
+        updates = settings.get("max_updates") or 10 ** 12
     method = settings["method"]
-    if method == "tie-kd":
-        # update i runs N passes once i - 1 >= iterative_start_update (tiekd.objectives), one before
-        early = min(updates, settings["iterative_start_update"])
-        parts = {"tie-kd:1": early, f"tie-kd:{settings['iterative_passes']}": updates - early}
-    else:  # seq-kd trains on stored targets: a No-KD update
-        parts = {"none" if method == "seq-kd" else method: updates}
-    missing = [key for key, count in parts.items() if count and key not in costs]
-    if missing:
-        raise TiekdError(f"{where}: no measured cost per update for {', '.join(missing)} in {UPDATE_COSTS_FILE}. "
-                         f"Fix: measure it beside the others (bench_train_step.py --methods ...,{missing[0]})")
-    return sum(count * costs[key] for key, count in parts.items() if count)
+    if method != "tie-kd":
+        return {"none" if method == "seq-kd" else method: updates}
+    early = min(updates, settings["iterative_start_update"])
+    counts: dict[str, int] = {}
+    for key, count in (("tie-kd:1", early), (f"tie-kd:{settings['iterative_passes']}", updates - early)):
+        counts[key] = counts.get(key, 0) + count  # one key twice when N is 1
+    return {key: count for key, count in counts.items() if count}
+
+
+def updates_cost(settings: dict, updates: int, costs: UpdateCosts) -> float:
+    """CPU seconds of a run's first `updates` updates at the measured per-update costs."""
+    return sum(count * costs.per_update[key] for key, count in cost_keys(settings, updates).items())
 
 
 def late_gain(run_folder: Path) -> float | None:
@@ -127,11 +160,21 @@ def bleu_within(curve: list[tuple[float, float]], budget: float) -> float | None
     return reached[-1] if reached else None
 
 
-def run_curves(rows: list[dict], update_costs: dict[str, float] | None = None) -> list[tuple[dict, list]]:
+def run_curves(rows: list[dict], update_costs: UpdateCosts | None = None) -> list[tuple[dict, list]]:
     """(row, validation curve) for each experiment row whose run logged its compute (or whose
     updates have measured costs)."""
     curves = [(row, validation_curve(Path(row["folder"]) / "run", update_costs)) for row in rows]
     return [(row, curve) for row, curve in curves if curve]
+
+
+def unpriced_rows(rows: list[dict], update_costs: UpdateCosts) -> list[str]:
+    """'name (size) seed N: why' for each row the measured costs cannot price (left out of the view)."""
+    out = []
+    for row in rows:
+        problem = update_costs.problem(run_settings(Path(row["folder"]) / "run"))
+        if problem is not None:
+            out.append(f"{row['name']} ({row['size']}) seed {row.get('seed', '?')}: {problem}")
+    return out
 
 
 def equal_compute_rows(curves: list[tuple[dict, list]], budgets: list[float] | None = None) -> list[dict]:
