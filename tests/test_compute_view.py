@@ -80,7 +80,7 @@ def test_one_pass_with_a_late_start_counts_every_update():
     """N = 1 with iterative_start_update > 0: both spans are one-pass updates, none is dropped."""
     from tiekd.compute_view import UpdateCosts, updates_cost
 
-    costs = UpdateCosts({"tie-kd:1": 4.5}, "tiny", 4096, Path("update_costs.json"))
+    costs = UpdateCosts({"tie-kd:1": 4.5}, "tiny", 4096)
     settings = {"method": "tie-kd", "iterative_passes": 1, "iterative_start_update": 150}
     assert updates_cost(settings, 200, costs) == 200 * 4.5
 

@@ -69,7 +69,6 @@ class UpdateCosts:
     per_update: dict[str, float]
     student: str
     max_tokens: int
-    source: Path
 
     def problem(self, settings: dict) -> str | None:
         """Why a run cannot be priced with these costs, or None."""
@@ -102,7 +101,7 @@ def load_update_costs(path: Path) -> UpdateCosts | None:
         student, max_tokens = str(report["args"]["student"]), int(report["args"]["max_tokens"])
     except (ValueError, KeyError, TypeError) as error:
         raise TiekdError(f"{path}: not a bench_train_step result with cpu_s_per_update ({error!r}). {fix}") from error
-    return UpdateCosts(costs, student, max_tokens, path)
+    return UpdateCosts(costs, student, max_tokens)
 
 
 def run_settings(run_folder: Path) -> dict:
