@@ -34,19 +34,12 @@ def measure_child(args) -> dict:
     applied = keep_freed_memory() if args.child_setting == "tuned" else False
     import torch
 
-    from tiekd.batching import collate, encode_pair_files, make_batches
+    from real_batches import sample_real_batches
     from tiekd.config import RunConfig
-    from tiekd.data.prepare import load_prepared
     from tiekd.models import build_model, load_model
     from tiekd.objectives import DistillationObjective
-    from tiekd.tokenizer import load_tokenizer
 
-    prepared = load_prepared(args.data)
-    tokenizer = load_tokenizer(prepared.tokenizer_dir)
-    corpus = encode_pair_files(tokenizer, *prepared.splits["train"])
-    batches = make_batches(corpus, args.max_tokens)
-    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(0)).tolist()
-    chosen = [collate(corpus, batches[i]) for i in order[:args.warmup + args.steps]]
+    tokenizer, chosen = sample_real_batches(args.data, args.max_tokens, args.warmup + args.steps)
     torch.manual_seed(0)
     method = args.child_method
     teacher = None

@@ -82,25 +82,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    from tiekd.batching import collate, encode_pair_files, make_batches
+    from real_batches import sample_real_batches
     from tiekd.config import RunConfig
-    from tiekd.data.prepare import load_prepared
     from tiekd.models import build_model, load_model, parameter_count
     from tiekd.objectives import DistillationObjective
     from tiekd.malloc_tuning import keep_freed_memory
-    from tiekd.tokenizer import load_tokenizer
     from tiekd.trainer import autocast_context, pick_device
 
     keep_freed_memory()  # as the tiekd command does (tiekd/malloc_tuning.py)
     device = pick_device(args.device)
-    prepared = load_prepared(args.data)
-    tokenizer = load_tokenizer(prepared.tokenizer_dir)
-    corpus = encode_pair_files(tokenizer, *prepared.splits["train"])
-    batches = make_batches(corpus, args.max_tokens)
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(batches), generator=generator).tolist()
-    needed = args.warmup + args.steps
-    chosen = [collate(corpus, batches[i]) for i in order[:needed]]
+    tokenizer, chosen = sample_real_batches(args.data, args.max_tokens, args.warmup + args.steps)
     if len(chosen) <= args.warmup:
         raise SystemExit(f"{args.data}: {len(chosen)} batches of {args.max_tokens} tokens, not more than --warmup "
                          f"{args.warmup}; fix: a smaller --warmup or --max-tokens")

@@ -48,13 +48,15 @@ def validation_records(run_folder: Path) -> list[dict]:
     return records
 
 
-def validation_curve(run_folder: Path, update_costs: UpdateCosts | None = None) -> list[tuple[float, float]]:
+def validation_curve(run_folder: Path, update_costs: UpdateCosts | None = None,
+                     settings: dict | None = None) -> list[tuple[float, float]]:
     """[(core-hours, validation BLEU)] of one run, in update order; [] when it logged no compute, or
     when `update_costs` (load_update_costs) cannot price it. With them, the core-hours are the measured
-    costs of its updates instead of the CPU time it logged."""
+    costs of its updates instead of the CPU time it logged; `settings` are the run's (run_settings),
+    read from its folder when not given."""
     records = validation_records(run_folder)
     if update_costs is not None:
-        settings = run_settings(run_folder)
+        settings = run_settings(run_folder) if settings is None else settings
         if update_costs.problem(settings) is not None:
             return []
         return [(updates_cost(settings, r["step"], update_costs) / 3600, r["bleu"]) for r in records]
@@ -159,21 +161,24 @@ def bleu_within(curve: list[tuple[float, float]], budget: float) -> float | None
     return reached[-1] if reached else None
 
 
-def run_curves(rows: list[dict], update_costs: UpdateCosts | None = None) -> list[tuple[dict, list]]:
+def run_curves(rows: list[dict], update_costs: UpdateCosts | None = None) -> tuple[list[tuple[dict, list]], list[str]]:
     """(row, validation curve) for each experiment row whose run logged its compute (or whose
-    updates have measured costs)."""
-    curves = [(row, validation_curve(Path(row["folder"]) / "run", update_costs)) for row in rows]
-    return [(row, curve) for row, curve in curves if curve]
-
-
-def unpriced_rows(rows: list[dict], update_costs: UpdateCosts) -> list[str]:
-    """'name (size) seed N: why' for each row the measured costs cannot price (left out of the view)."""
-    out = []
+    updates have measured costs), and 'name (size) seed N: why' for each row that the measured costs
+    cannot price (left out of the view). Each run's config and metrics are read once."""
+    curves, left_out = [], []
     for row in rows:
-        problem = update_costs.problem(run_settings(Path(row["folder"]) / "run"))
-        if problem is not None:
-            out.append(f"{row['name']} ({row['size']}) seed {row.get('seed', '?')}: {problem}")
-    return out
+        folder = Path(row["folder"]) / "run"
+        settings = None
+        if update_costs is not None:
+            settings = run_settings(folder)
+            problem = update_costs.problem(settings)
+            if problem is not None:
+                left_out.append(f"{row['name']} ({row['size']}) seed {row.get('seed', '?')}: {problem}")
+                continue
+        curve = validation_curve(folder, update_costs, settings)
+        if curve:
+            curves.append((row, curve))
+    return curves, left_out
 
 
 def equal_compute_rows(curves: list[tuple[dict, list]], budgets: list[float] | None = None) -> list[dict]:

@@ -233,10 +233,10 @@ def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
     """Validation BLEU against core-hours (tiekd.compute_view), when the runs logged their compute; at
     the measured cost of each update when the experiment folder holds update_costs.json."""
     from .compute_view import (UPDATE_COSTS_FILE, equal_compute_rows, load_update_costs, markdown_table,
-                               plot_curves, run_curves, unpriced_rows)
+                               plot_curves, run_curves)
 
     update_costs = load_update_costs(out / UPDATE_COSTS_FILE)
-    curves = run_curves(rows, update_costs)  # each run's metrics.jsonl is read once, for the table and the plot
+    curves, left_out = run_curves(rows, update_costs)  # each run is read once, for the table and the plot
     if not curves:
         return []
     lines = equal_compute_rows(curves)
@@ -250,7 +250,6 @@ def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
                 "not counted)")
         xlabel = f"training compute (CPU core-hours at the costs in {UPDATE_COSTS_FILE})"
     plot_curves(curves, out / "bleu_by_core_hours.png", xlabel)
-    left_out = [] if update_costs is None else unpriced_rows(rows, update_costs)
     if left_out:
         left_out = ["Left out, since the measured costs do not fit them:", "",
                     *[f"- {line}" for line in left_out], ""]
