@@ -119,3 +119,13 @@ def test_a_broken_cost_file_is_named_with_the_fix(tmp_path):
     with pytest.raises(TiekdError, match="update_costs.json: not a bench_train_step result.*Fix"):
         load_update_costs(tmp_path / "update_costs.json")
     assert load_update_costs(tmp_path / "absent.json") is None
+
+
+def test_a_rows_own_cost_as_a_budget_includes_its_last_validation():
+    """4.121 core-hours is shown as the budget 4.13, not 4.12, so the row's end is within it."""
+    from tiekd.compute_view import equal_compute_rows
+
+    row = {"name": "tie", "size": "tiny", "seed": 1}
+    lines = equal_compute_rows([(row, [(2.0, 30.0), (4.121, 40.0)])])
+    assert list(lines[0]["within"]) == [4.13]
+    assert lines[0]["within"][4.13] == 40.0 == lines[0]["final_bleu"]

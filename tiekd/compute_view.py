@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -201,8 +202,10 @@ def equal_compute_rows(curves: list[tuple[dict, list]], budgets: list[float] | N
 
 
 def default_budgets(lines: list[dict]) -> list[float]:
-    """The mean total core-hours of each row with a distinct cost, cheapest first (at most 4)."""
-    totals = sorted({round(line["core_hours"], 2) for line in lines})
+    """The mean total core-hours of each row with a distinct cost, cheapest first (at most 4), rounded
+    up to the hundredth shown in the table: rounded down, a budget would fall just short of the very
+    runs it is the cost of and leave out their last validation."""
+    totals = sorted({math.ceil(line["core_hours"] * 100 - 1e-9) / 100 for line in lines})
     if len(totals) > 4:
         totals = [totals[round(i * (len(totals) - 1) / 3)] for i in range(4)]
     return totals
