@@ -1,21 +1,7 @@
 #!/bin/bash
 # Issue 10 item 4, a fixed budget: Word-KD given exactly a No-KD run's compute. At the measured costs per
 # update (results/converged/update_costs_2026-12-04.json: No-KD 0.757, Word-KD 1.757 CPU s) the No-KD
-# row's 3,600 updates buy Word-KD 3,600 * 0.757 / 1.757 = 1,551 updates. Same recipe as the table's Word-KD
-# seed 1 (its config), with the schedule ending there (linear decay to 0 at 1,550) and checkpoints every
-# 100 updates so that the last 5 averaged (1,150-1,550) cover the same last quarter as the table's.
-# Run from a worktree pinned at the commit that added this script; rerun to resume.
-set -e
-cd /work/bg/tiekd-budget
-export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
-PY=/work/main/.venv/bin/python
-R=/work/bg/runs/budget/word-kd-1550-tiny-seed1
-BASE=/work/main/results/converged/students/word-kd-tiny-seed1/run/config.yaml
-D=/work/bg/runs/converged/data
-resume=""; [ -f $R/run/config.yaml ] && resume="--resume"
-$PY -m tiekd distill --config $BASE --max-updates 1550 --save-every 100 --keep-last 5 --out $R/run $resume
-[ -d $R/model ] || $PY -m tiekd average $R/run --last 5 --out $R/model
-$PY -m tiekd translate --model $R/model -i $D/test_2016_flickr.de -o $R/test_2016_flickr.hyp --beam 4 --lenpen 0.6 --quiet
-$PY -m tiekd evaluate --hyp $R/test_2016_flickr.hyp --ref $D/test_2016_flickr.en \
-   --baseline-hyp /work/main/results/converged/students/no-kd-tiny-seed1/test_2016_flickr.hyp --json $R/scores.json
-echo done
+# row's 3,600 updates buy Word-KD 3,600 * 0.757 / 1.757 = 1,551 updates: the table's Word-KD seed-1 recipe
+# ending at 1,550, scored against No-KD seed 1. Ran 2026-12-04 from a worktree at 5631107 (where this was
+# one script; fixed_budget.sh now holds its steps, unchanged). Writes /work/bg/runs/budget/word-kd-1550-tiny-seed1.
+exec "$(dirname "$0")/fixed_budget.sh" /work/bg/tiekd-budget word-kd-tiny-seed1 1550 no-kd-tiny-seed1
