@@ -6,8 +6,10 @@ whole suite runs in minutes on two CPU cores.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -23,6 +25,15 @@ def _torch_threads() -> int:
 
 
 torch.set_num_threads(_torch_threads())
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """A script of benchmarks/ (not a package) imported as a module, for its tests."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def multi30k_dir() -> Path:

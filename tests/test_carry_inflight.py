@@ -3,24 +3,20 @@ restore never replaces a newer or equal checkpoint the machine already has."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark_script
+
 from tiekd.checkpoint import MANIFEST, verify_checkpoint
 from tiekd.io import sha256_file
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "carry_inflight.py"
 
 
 @pytest.fixture(scope="module")
 def carry():
-    spec = importlib.util.spec_from_file_location("carry_inflight", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("carry_inflight")
 
 
 def make_checkpoint(run_dir: Path, step: int, intact: bool = True) -> Path:
