@@ -15,20 +15,22 @@ converged preset needs more core-hours than one stretch gives a worker, so witho
     python benchmarks/carry_inflight.py save    /work/bg/runs/converged results/converged/inflight
     python benchmarks/carry_inflight.py restore results/converged/inflight runs/converged
 
-Only the newest checkpoint travels (about 20 MB for a `tiny` student). The converged preset averages
-a student's last 5 checkpoints (updates 2,800-3,600, one every 200), so a stage carried before update
-2,800 loses nothing; one carried later has fewer of those checkpoints left to average.
+The newest checkpoint travels (about 20 MB for a `tiny` student), and with it every intact checkpoint
+that the run will still keep at its end: steps >= max_updates - (keep_last - 1) * save_every of its
+config.yaml (2,800 for the converged preset: it averages the last 5 of 3,600, one every 200), so a stage
+carried late keeps all the checkpoints its average needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint
+from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint, step_checkpoints, verify_checkpoint
 
 # where a run keeps the teacher's translations it trains on (tiekd/training/corpus.py): hours of decoding
 # with the pinned code's `generate`, so they travel like a checkpoint
@@ -40,6 +42,35 @@ def _newest_intact_step(run_dir: Path) -> int:
     """The step of the checkpoint a resume would use (the newest intact one), -1 without one."""
     checkpoint = latest_good_checkpoint(run_dir / "checkpoints")
     return int(STEP_PATTERN.match(checkpoint.name).group(1)) if checkpoint is not None else -1
+
+
+def averaging_window_start(run_dir: Path) -> int | None:
+    """The first step whose checkpoint the run keeps to its end, from run/config.yaml (max_updates,
+    keep_last, save_every); None where the file does not say (then only the newest checkpoint travels)."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return None
+    values = {}
+    for key in ("max_updates", "keep_last", "save_every"):
+        # top-level `key: 123` lines of the YAML the trainer writes; no YAML parser needed for three ints
+        found = re.search(rf"^{key}:\s*(\d+)\s*$", config.read_text(encoding="utf-8"), flags=re.MULTILINE)
+        if found is None:
+            return None
+        values[key] = int(found.group(1))
+    if values["keep_last"] < 1 or values["save_every"] < 1:
+        return None
+    return values["max_updates"] - (values["keep_last"] - 1) * values["save_every"]
+
+
+def checkpoints_to_carry(run_dir: Path) -> list[Path]:
+    """The newest intact checkpoint and the intact ones inside the averaging window, oldest first."""
+    newest = latest_good_checkpoint(run_dir / "checkpoints")
+    if newest is None:
+        return []
+    start = averaging_window_start(run_dir)
+    window = [folder for step, folder in step_checkpoints(run_dir / "checkpoints")
+              if start is not None and step >= start and folder != newest and verify_checkpoint(folder) is None]
+    return window + [newest]
 
 
 def save(experiment_dir: Path, dest: Path) -> None:
@@ -54,7 +85,8 @@ def save(experiment_dir: Path, dest: Path) -> None:
                 shutil.rmtree(carried)
                 print(f"{stage.name}: finished; its carried checkpoint is dropped")
             continue
-        checkpoint = latest_good_checkpoint(stage / "run" / "checkpoints")
+        carry = checkpoints_to_carry(stage / "run")
+        checkpoint = carry[-1] if carry else None
         has_targets = _has_targets(stage / "run")
         if checkpoint is None and not has_targets:
             print(f"{stage.name}: no intact checkpoint or targets yet; nothing to carry")
@@ -74,13 +106,13 @@ def save(experiment_dir: Path, dest: Path) -> None:
         for item in (stage / "run").iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / "run" / item.name)
-        if checkpoint is not None:
-            shutil.copytree(checkpoint, staging / "run" / "checkpoints" / checkpoint.name)
+        for folder in carry:
+            shutil.copytree(folder, staging / "run" / "checkpoints" / folder.name)
         if has_targets:
             _copy_targets(stage / "run", staging / "run")
         shutil.rmtree(carried, ignore_errors=True)
         staging.rename(carried)
-        what = [checkpoint.name] if checkpoint is not None else []
+        what = [", ".join(folder.name for folder in carry)] if carry else []
         print(f"{stage.name}: carried {' and '.join(what + (['its seq-KD targets'] if has_targets else []))}")
 
 

@@ -164,3 +164,28 @@ def test_a_save_never_replaces_a_newer_carried_checkpoint(carry, tmp_path, capsy
     assert (dest / "seq-kd-seed1" / "run" / "seqkd" / "train.hyp").read_text() == "a cat .\n"
     assert "the carried step 400 is newer than this machine's none; kept" in capsys.readouterr().out
 
+
+
+def test_a_stage_inside_its_averaging_window_carries_every_checkpoint_the_average_needs(carry, tmp_path):
+    """max_updates 1,000, keep_last 3, save_every 200: the run ends keeping 600, 800 and 1,000, so a stage
+    at 800 carries 600 and 800 (the last 3 averaged stay 200 apart after the restore), not 400."""
+    experiment, dest = tmp_path / "run", tmp_path / "inflight"
+    stage = make_stage(experiment, "tie-kd-seed1", [400, 600, 800])
+    (stage / "run" / "config.yaml").write_text("method: tie-kd\nmax_updates: 1000\nkeep_last: 3\nsave_every: 200\n")
+    assert carry.averaging_window_start(stage / "run") == 600
+    carry.save(experiment, dest)
+    assert carried_steps(dest / "tie-kd-seed1") == ["step_0000600", "step_0000800"]
+
+    restored = tmp_path / "elsewhere"
+    (restored / "students").mkdir(parents=True)
+    carry.restore(dest, restored)
+    assert carried_steps(restored / "students" / "tie-kd-seed1") == ["step_0000600", "step_0000800"]
+
+
+def test_a_damaged_checkpoint_in_the_window_stays_behind(carry, tmp_path):
+    experiment, dest = tmp_path / "run", tmp_path / "inflight"
+    stage = make_stage(experiment, "tie-kd-seed1", [600, 800])
+    (stage / "run" / "config.yaml").write_text("max_updates: 1000\nkeep_last: 3\nsave_every: 200\n")
+    (stage / "run" / "checkpoints" / "step_0000600" / "trainer_state.pt").write_bytes(b"torn")
+    carry.save(experiment, dest)
+    assert carried_steps(dest / "tie-kd-seed1") == ["step_0000800"]

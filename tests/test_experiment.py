@@ -50,6 +50,13 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     assert 0 <= table["students"][2]["analysis"]["top1_agreement"] <= 1
     report = (out / "results.md").read_text()
     assert "| Teacher |" in report and "TIE-KD" in report
+    # the paper's findings, read from these rows: TIE-KD against both baselines, the analysis rows not run
+    assert "## The paper's findings, checked" in report
+    findings = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |") for line in report.splitlines()
+                if line.startswith("| TIE-KD beats") or line.startswith("| (b) keeps")}
+    assert set(findings) == {"TIE-KD beats No-KD", "TIE-KD beats Word-KD", "(b) keeps almost all of Word-KD's gain"}
+    assert findings["(b) keeps almost all of Word-KD's gain"] == "not run"
+    assert all(verdict != "not run" for claim, verdict in findings.items() if claim.startswith("TIE-KD"))
 
     # a stage recorded before hashes became path-independent (hash of the raw settings) is still accepted
     from tiekd.experiment import settings_hash

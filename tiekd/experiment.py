@@ -440,8 +440,8 @@ class Pipeline:
                              work, wait=wait)
         if result is None or result is BUSY:
             return result
-        return {"name": spec.name, "method": spec.method, "baseline": spec.baseline_label, "size": size, "seed": seed,
-                "folder": str(folder), **result}
+        return {"name": spec.name, "method": spec.method, "options": dict(spec.options), "baseline": spec.baseline_label,
+                "size": size, "seed": seed, "folder": str(folder), **result}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -182,6 +182,7 @@ def write_report(table: dict, out: Path, config) -> None:
            f"Teacher-gold top-1 overlap on validation (teacher-forced): "
            f"{100 * lines[0]['teacher_gold_overlap']:.1f}%." if lines else "", "",
            "![BLEU by method](bleu_by_method.png)", "", "![top-1 agreement by method](agreement_by_method.png)", ""]
+    md += _findings_section(table, out, config)
     md += _equal_compute_section(table["students"], out)
     atomic_write_text(out / "results.md", "\n".join(md))
     if csv_rows:
@@ -258,3 +259,30 @@ def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
             "(mean over seeds, the last validation within the budget; – : no validation that cheap).", "",
             *markdown_table(lines, budgets), "", *left_out,
             "![validation BLEU by core-hours](bleu_by_core_hours.png)", ""]
+
+
+def _findings_section(table: dict, out: Path, config) -> list[str]:
+    """The paper's findings checked on the main student size (tiekd.findings), with the paired tests
+    the table already ran where a finding compares a row with its baseline, new ones otherwise."""
+    from . import findings
+    from .data.prepare import load_prepared
+    from .evaluate import paired_significance, read_lines
+
+    students, main_test = table["students"], config.test_sets[0]
+    if not students:
+        return []
+    size = config.student_sizes[0] if getattr(config, "student_sizes", None) else students[0]["size"]
+    refs: list[str] = []
+
+    def paired(x: dict, y: dict) -> tuple[float, float]:
+        diff = x["scores"][main_test]["bleu"] - y["scores"][main_test]["bleu"]
+        done = x.get("significance", {}).get(baseline_key(y["baseline"])) if y.get("baseline") == y["name"] else None
+        if done is not None:
+            return done["diff"], done["p_value"]
+        if not refs:
+            refs.extend(read_lines(load_prepared(out / "data").splits[main_test][1])[: config.test_max_sentences or None])
+        hyps = [read_lines(Path(row["folder"]) / f"{main_test}.hyp") for row in (y, x)]
+        return diff, paired_significance(*hyps, refs, resamples=config.bootstrap_resamples)["bleu"]["p_ar"]
+
+    checked = findings.check(students, size, main_test, paired)
+    return findings.markdown(checked, table["teacher"]["scores"][main_test]["bleu"], students, size, main_test)
