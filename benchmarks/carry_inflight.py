@@ -24,11 +24,12 @@ carried late keeps all the checkpoints its average needs.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint, step_checkpoints, verify_checkpoint
 
@@ -50,13 +51,10 @@ def averaging_window_start(run_dir: Path) -> int | None:
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
-    values = {}
-    for key in ("max_updates", "keep_last", "save_every"):
-        # top-level `key: 123` lines of the YAML the trainer writes; no YAML parser needed for three ints
-        found = re.search(rf"^{key}:\s*(\d+)\s*$", config.read_text(encoding="utf-8"), flags=re.MULTILINE)
-        if found is None:
-            return None
-        values[key] = int(found.group(1))
+    values = yaml.safe_load(config.read_text(encoding="utf-8"))
+    keys = ("max_updates", "keep_last", "save_every")
+    if not isinstance(values, dict) or not all(isinstance(values.get(key), int) for key in keys):
+        return None
     if values["keep_last"] < 1 or values["save_every"] < 1:
         return None
     return values["max_updates"] - (values["keep_last"] - 1) * values["save_every"]

@@ -17,7 +17,7 @@ averaging window). This puts the steps of results/converged/README.md into one p
     python benchmarks/converged_stretch.py status
     python benchmarks/converged_stretch.py stop
 
-Commit results/converged/inflight after `stop`; copy finished stages in with `--finished` (stop does it).
+Commit results/converged/inflight after `stop`; `finished` copies finished stages in alone (`stop` does it too).
 """
 
 from __future__ import annotations

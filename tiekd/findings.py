@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Callable
 
 SIGNIFICANT = 0.05
@@ -41,12 +42,17 @@ ROLES = {
 }
 
 
+@cache
+def _run_defaults() -> dict:
+    from .config import RunConfig
+
+    return {f.name: f.default for f in fields(RunConfig)}
+
+
 def row_role(method: str, options: dict) -> str | None:
     """Which of ROLES a row plays, or None (another method, or options that change its recipe).
     Options set to their default values do not change the recipe."""
-    from .config import RunConfig
-
-    defaults = {f.name: f.default for f in fields(RunConfig)}
+    defaults = _run_defaults()
     changed = {key: value for key, value in options.items() if defaults.get(key, object()) != value}
     for role, (role_method, role_options) in ROLES.items():
         if method == role_method and changed == role_options:
@@ -95,14 +101,20 @@ def _compare(x: str, y: str, rows: dict, paired: PairedTest) -> Comparison | Non
     return Comparison(x, y, [(seed, *paired(rows[x][seed], rows[y][seed])) for seed in seeds])
 
 
-def check(students: list[dict], size: str, main_test: str, paired: PairedTest) -> list[dict]:
-    """Each finding as {claim, paper, measured, verdict}, from the rows of student size `size`;
-    findings whose rows the experiment lacks read "not run"."""
+def rows_by_role(students: list[dict], size: str) -> dict[str, dict[int, dict]]:
+    """{role: {seed: row}} of the rows of student size `size` that play one of ROLES."""
     rows: dict[str, dict[int, dict]] = {}
     for row in students:
         role = row_role(row["method"], row.get("options") or {})
         if role is not None and row["size"] == size:
             rows.setdefault(role, {})[row["seed"]] = row
+    return rows
+
+
+def check(students: list[dict], size: str, main_test: str, paired: PairedTest) -> list[dict]:
+    """Each finding as {claim, paper, measured, verdict}, from the rows of student size `size`;
+    findings whose rows the experiment lacks read "not run"."""
+    rows = rows_by_role(students, size)
     bleu = {role: {seed: row["scores"][main_test]["bleu"] for seed, row in by_seed.items()}
             for role, by_seed in rows.items()}
     findings = []
@@ -155,8 +167,7 @@ def markdown(findings: list[dict], teacher_bleu: float, students: list[dict], si
              f"as ≤ {AT_MOST_HALF:.0%} kept (tiekd/findings.py).", "",
              "| finding | the paper | measured here | verdict |", "|---|---|---|---|"]
     lines += [f"| {f['claim']} | {f['paper']} | {f['measured']} | {f['verdict']} |" for f in findings]
-    tie = [row["scores"][main_test]["bleu"] for row in students
-           if row["size"] == size and row_role(row["method"], row.get("options") or {}) == "tie-kd"]
+    tie = [row["scores"][main_test]["bleu"] for row in rows_by_role(students, size).get("tie-kd", {}).values()]
     if tie:
         mean = statistics.fmean(tie)
         lines += ["", f"Teacher–student gap: TIE-KD {mean:.2f} (mean of {len(tie)} seed{'s' if len(tie) > 1 else ''}) "

@@ -1,11 +1,12 @@
 #!/bin/bash
 # Issue 11 item 3: test BLEU of the 4+1 (tiny-deep-shallow, seed 2, lr 1e-3) student, then its decoding speed
 # beside tiny (No-KD seed 1) and the teacher. Pause the table workers (SIGSTOP) for the speed part.
+# WORKTREE and R name another checkout and run folder (diag3.sh).
 set -e
-cd /work/bg/tiekd-issue11
+cd ${WORKTREE:-/work/bg/tiekd-issue11}
 export OMP_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
-R=/work/bg/runs/diag/enc4-dec1-seed2
+R=${R:-/work/bg/runs/diag/enc4-dec1-seed2}  # diag3.sh passes its own run
 D=/work/bg/runs/converged/data
 [ -d $R-model ] || $PY -m tiekd average $R --last 5 --out $R-model
 for beam in 4 1; do

@@ -9,16 +9,11 @@ cd $W
 export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 BASE=/work/bg/runs/converged/students/no-kd-tiny-seed1/run/config.yaml
-D=/work/bg/runs/converged/data
 R=/work/bg/runs/diag/enc4-dec1-seed2-lr2e-3
 if [ "$1" = train ]; then
   resume=""; [ -d $R/checkpoints ] && resume="--resume"
   exec nice -n 5 $PY -m tiekd train --config $BASE --model tiny-deep-shallow --lr 0.002 \
     --max-updates 3600 --valid-every 200 --seed 2 --out $R $resume
 fi
-[ -d $R-model ] || $PY -m tiekd average $R --last 5 --out $R-model
-for beam in 4 1; do
-  $PY -m tiekd translate --model $R-model -i $D/test_2016_flickr.de -o $R-test.b$beam.hyp --beam $beam --lenpen 0.6 --quiet
-done
-$PY -m tiekd evaluate --hyp $R-test.b4.hyp --ref $D/test_2016_flickr.en \
-  --baseline-hyp /work/bg/runs/converged/students/no-kd-tiny-seed1/test_2016_flickr.hyp --json $R-test.b4.json
+export WORKTREE=$W R  # deep_shallow_eval.sh: average the last 5, translate, score against tiny
+exec "$(dirname "$0")/deep_shallow_eval.sh"
