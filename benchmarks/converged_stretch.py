@@ -7,7 +7,8 @@ averaging window). This puts the steps of results/converged/README.md into one p
     start:  the pinned worktree, the finished stages and the carried checkpoints into RUN, then WORKERS
             one-thread workers from the pinned checkout (the malloc setting of docs/RESULTS.md
             "Keeping freed memory", which the pinned code does not apply itself).
-    status: each worker's stage and update.
+    status: each worker's stage and update, its wall seconds per update and when the stage should end
+            (machines of this kind differ in speed by 2-3x, so a stretch's plan needs today's rate).
     stop:   end the workers so that their newest checkpoint is one a resume can average: SIGTERM
             (a checkpoint at the current update) below LAST_REGULAR_FROM, SIGKILL past it (the
             last regular checkpoint stays newest, so the last 5 averaged stay 200 updates apart);
@@ -103,6 +104,15 @@ def log_position(tail: str) -> tuple[str, int, int] | None:
     return stages[-1], int(updates[-1][0]), int(updates[-1][1])
 
 
+def log_seconds_per_update(tail: str, stage: str) -> float | None:
+    """The progress bar's newest rate for `stage` (tqdm writes "16.96s/upd", or "1.20upd/s" when fast)."""
+    rates = re.findall(r"(\d+(?:\.\d+)?)(s/upd|upd/s)", tail.rsplit(f"student {stage}:", 1)[-1])
+    if not rates:
+        return None
+    value, unit = float(rates[-1][0]), rates[-1][1]
+    return value if unit == "s/upd" else (1.0 / value if value > 0 else None)
+
+
 def stop_signal(position: tuple[str, int, int] | None) -> signal.Signals:
     """SIGTERM saves a checkpoint at the current update; past the first checkpoint of the averaging
     window that extra checkpoint would replace a regular one among the last 5, so SIGKILL there."""
@@ -110,14 +120,34 @@ def stop_signal(position: tuple[str, int, int] | None) -> signal.Signals:
     return signal.SIGKILL if late else signal.SIGTERM
 
 
-def _worker_position(pid: int) -> tuple[str, int, int] | None:
+def _worker_log_tail(pid: int) -> str:
     try:
         log = Path(os.readlink(f"/proc/{pid}/fd/1"))
         with open(log, "rb") as handle:
             handle.seek(max(0, log.stat().st_size - 200_000))
-            return log_position(handle.read().decode("utf-8", "replace"))
+            return handle.read().decode("utf-8", "replace")
     except OSError:
-        return None
+        return ""
+
+
+def _worker_position(pid: int) -> tuple[str, int, int] | None:
+    return log_position(_worker_log_tail(pid))
+
+
+def describe_worker(tail: str) -> str:
+    """One status line: stage, update, rate and the stage's expected end (training only: the averaging,
+    translation and scoring after the last update add a few minutes)."""
+    position = log_position(tail)
+    if position is None:
+        return "no update yet"
+    stage, update, total = position
+    line = f"{stage} at update {update:,} of {total:,}"
+    rate = log_seconds_per_update(tail, stage)
+    if rate is not None:
+        left_s = (total - update) * rate
+        ends = time.strftime("%H:%M", time.localtime(time.time() + left_s))
+        line += f", {rate:.1f} s per update, training ends in {left_s / 3600:.1f} h (about {ends})"
+    return line
 
 
 def status() -> None:
@@ -125,9 +155,7 @@ def status() -> None:
     if not pids:
         print("no workers running")
     for pid in pids:
-        position = _worker_position(pid)
-        where = f"{position[0]} at update {position[1]:,} of {position[2]:,}" if position else "no update yet"
-        print(f"worker {pid}: {where}")
+        print(f"worker {pid}: {describe_worker(_worker_log_tail(pid))}")
 
 
 def stop(carry: bool) -> None:
@@ -167,7 +195,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     start_parser = sub.add_parser("start", help="set up this machine and start the workers")
     start_parser.add_argument("--workers", type=int, default=2, help="one-thread workers (one per core)")
-    sub.add_parser("status", help="each worker's stage and update")
+    sub.add_parser("status", help="each worker's stage, update, rate and expected end")
     stop_parser = sub.add_parser("stop", help="end the workers and carry their checkpoints")
     stop_parser.add_argument("--no-carry", action="store_true", help="end the workers only")
     sub.add_parser("finished", help="copy finished stages into the repository")

@@ -55,3 +55,16 @@ def test_copy_finished_keeps_scores_not_weights(stretch, tmp_path):
     copied = sorted(str(p.relative_to(kept / "students")) for p in (kept / "students").rglob("*") if p.is_file())
     assert copied == ["no-kd-tiny-seed1/run/config.yaml", "no-kd-tiny-seed1/run/metrics.jsonl",
                       "no-kd-tiny-seed1/stage.json", "no-kd-tiny-seed1/test_2016_flickr.hyp"]
+
+
+def test_status_reads_the_stage_rate_and_its_end(stretch):
+    log = ("[13:10:22] student word-kd-tiny-seed3: word-kd\n" + bar(3590, 3600) + "\n"
+           "[14:02:00] student tie-kd-tiny-seed3: tie-kd\n"
+           "train:  80%|##| 2880/3600 [01:00<3:00:00, 16.96s/upd, loss=1.643, tok_s=179]\r")
+    assert stretch.log_seconds_per_update(log, "tie-kd-tiny-seed3") == pytest.approx(16.96)
+    line = stretch.describe_worker(log)
+    assert line.startswith("tie-kd-tiny-seed3 at update 2,880 of 3,600, 17.0 s per update, training ends in 3.4 h")
+    fast = "[14:02:00] student no-kd-tiny-seed1: none\ntrain:  1%|##| 36/3600 [00:10<00:10, 4.00upd/s]\r"
+    assert stretch.log_seconds_per_update(fast, "no-kd-tiny-seed1") == pytest.approx(0.25)
+    # the previous stage's rate is not the new stage's
+    assert stretch.log_seconds_per_update(log.rsplit("train:", 1)[0], "tie-kd-tiny-seed3") is None
