@@ -91,14 +91,19 @@ def _worker_pids() -> list[int]:
     return [int(pid) for pid in found if int(pid) != os.getpid()]
 
 
+def _since_stage_start(tail: str, stage: str) -> str:
+    """The log after `stage`'s own start line: an earlier stage's progress bar may stand before it, and
+    its position and rate are not this stage's."""
+    return tail.rsplit(f"student {stage}:", 1)[-1]
+
+
 def log_position(tail: str) -> tuple[str, int, int] | None:
     """(stage, update, of updates) from the tail of a worker's log, None before its first update."""
     stages = re.findall(r"student (\S+): \S+\s*$", tail, flags=re.MULTILINE)
     if not stages:
         return None
-    # the progress bar rewrites one line with \r; its newest position is the last "N/M [" after the
-    # stage's own start line (an earlier stage's bar may stand before it)
-    updates = re.findall(r"(\d+)/(\d+) \[", tail.rsplit(f"student {stages[-1]}:", 1)[-1])
+    # the progress bar rewrites one line with \r; its newest position is the last "N/M ["
+    updates = re.findall(r"(\d+)/(\d+) \[", _since_stage_start(tail, stages[-1]))
     if not updates:
         return None
     return stages[-1], int(updates[-1][0]), int(updates[-1][1])
@@ -106,7 +111,7 @@ def log_position(tail: str) -> tuple[str, int, int] | None:
 
 def log_seconds_per_update(tail: str, stage: str) -> float | None:
     """The progress bar's newest rate for `stage` (tqdm writes "16.96s/upd", or "1.20upd/s" when fast)."""
-    rates = re.findall(r"(\d+(?:\.\d+)?)(s/upd|upd/s)", tail.rsplit(f"student {stage}:", 1)[-1])
+    rates = re.findall(r"(\d+(?:\.\d+)?)(s/upd|upd/s)", _since_stage_start(tail, stage))
     if not rates:
         return None
     value, unit = float(rates[-1][0]), rates[-1][1]
