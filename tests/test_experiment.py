@@ -23,6 +23,7 @@ TINY = {
                  {"name": "Word-KD", "method": "word-kd", "baseline": True}, {"name": "TIE-KD", "method": "tie-kd"}],
     "seeds": [1], "average_last": 2, "test_sets": ["test_2016_flickr"], "test_max_sentences": 25,
     "max_decode_length": 20, "analyze_sentences": 25, "bootstrap_resamples": 100,
+    "randomization_trials": 1000,  # the default 10,000 cost ~2 s per comparison here, 8 per report
 }
 
 
@@ -65,6 +66,12 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     record = json.loads(marker.read_text())
     record["settings_hash"] = settings_hash(record["settings"])
     marker.write_text(json.dumps(record))
+
+    # an experiment.yaml written before a setting existed reads as that setting's default (`beam` stands
+    # for such a setting: this experiment leaves it at its default)
+    saved = yaml.safe_load((out / "experiment.yaml").read_text())
+    del saved["beam"]
+    (out / "experiment.yaml").write_text(yaml.safe_dump(saved))
 
     # a rerun finds every stage done: it prepares, trains, translates and analyses nothing
     def must_not_run(*args, **kwargs):
@@ -155,6 +162,18 @@ def test_a_bad_student_row_fails_before_any_stage_starts(tmp_path, multi30k, cap
                      error)
     assert re.search(line + r"students\[4\] \(Typo\) method 'word_kd': must be one of .*Fix: use 'word-kd'", error)
     assert "Traceback" not in error and not out.exists()  # no stage started, nothing written
+
+
+def test_a_count_of_significance_samples_below_1_is_refused_before_any_stage(tmp_path, multi30k, capsys):
+    from tiekd.cli import main
+
+    config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k), "randomization_trials": 0})
+    out = tmp_path / "exp"
+    assert main(["experiment", "--config", str(config), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert re.search(rf"{re.escape(str(config))}:\d+: randomization_trials 0: must be a whole number of at least 1\. "
+                     r"Fix: write e\.g\. 10000 trials", error), error
+    assert not out.exists()
 
 
 def test_every_shipped_preset_parses():

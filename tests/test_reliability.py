@@ -120,8 +120,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(command, prepared, teac
     # long enough that the run is still going when its step-4 checkpoint appears (the kill must land mid-run)
     total = 40 if command == "train" else 24
 
+    # the uninterrupted run goes beside the one to be killed: one-thread processes, one per core
     straight = tmp_path / "straight"
-    run_to_end(tiekd_command(command, prepared, straight, total, teacher), tmp_path)
+    reference = start(tiekd_command(command, prepared, straight, total, teacher), tmp_path, tmp_path / "straight_log")
 
     killed = tmp_path / "killed"
     args = tiekd_command(command, prepared, killed, total, teacher)
@@ -129,6 +130,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(command, prepared, teac
     wait_for_checkpoint(proc, killed, 4, tmp_path / "killed_log")
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run had already finished: it was never killed"
+    assert reference.wait(timeout=300) == 0, (tmp_path / "straight_log.err").read_text()[-3000:]
     summary_before = killed / "summary.json"
     assert not summary_before.exists()  # it really died mid-run
     last_logged = records(killed, "train")[-1]["step"]

@@ -53,14 +53,11 @@ def degraded(references: list[str], drop: int) -> list[str]:
     return [" ".join(ref.split()[: max(1, len(ref.split()) - drop)]) for ref in references]
 
 
-def test_significance_uses_the_marked_baselines_of_the_same_size_and_seed(prepared, tmp_path, monkeypatch):
+def test_significance_uses_the_marked_baselines_of_the_same_size_and_seed(prepared, tmp_path):
     """Each row is compared with the rows marked as baselines, of its size and seed; a row with method none
     or word-kd that is not marked is never one, and a marked row may join another's column by its label."""
-    from functools import partial
-
     import sacrebleu
 
-    from tiekd import evaluate
     from tiekd.data.prepare import load_prepared
     from tiekd.io import read_lines
     from tiekd.report import add_significance
@@ -82,9 +79,9 @@ def test_significance_uses_the_marked_baselines_of_the_same_size_and_seed(prepar
         (folder / "valid.hyp").write_text("".join(h + "\n" for h in hyps[(name, seed, size)]), encoding="utf-8")
         rows.append({"name": name, "method": method, "baseline": label, "seed": seed, "size": size,
                      "folder": str(folder)})
-    config = SimpleNamespace(test_sets=["valid"], test_max_sentences=40, bootstrap_resamples=20)
     # which baseline is tested is the point here, not the p-values: fewer randomization trials (default 10,000)
-    monkeypatch.setattr(evaluate, "paired_significance", partial(evaluate.paired_significance, trials=200))
+    config = SimpleNamespace(test_sets=["valid"], test_max_sentences=40, bootstrap_resamples=20,
+                             randomization_trials=200)
     add_significance({"students": rows}, out, config)
 
     bleu = {key: sacrebleu.corpus_bleu(lines, [refs]).score for key, lines in hyps.items()}

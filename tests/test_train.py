@@ -470,3 +470,27 @@ def test_importing_tiekd_leaves_transformers_logging_alone():
             "import tiekd, tiekd.trainer, tiekd.experiment; assert l.get_verbosity() == before; "
             "assert l.is_progress_bar_enabled()")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_length_factor_stops_each_translation_at_its_own_limit(prepared):
+    """With max_length_factor f a translation of an n-token source has at most ceil(f * n) tokens, and a
+    greedy translation is the same decoded alone or in a batch with a longer source."""
+    import math
+
+    from tiekd.models import build_model
+    from tiekd.tokenizer import load_tokenizer
+    from tiekd.translate import DecodeOptions, translate_to_ids
+
+    tokenizer = load_tokenizer(Path(prepared) / "tokenizer")
+    torch.manual_seed(3)
+    model = build_model("micro", tokenizer)  # untrained: it rarely says </s>, so the limits bind
+    sources = head(Path(prepared) / "valid.de", 6)
+    lengths = [len(ids) for ids in tokenizer(sources)["input_ids"]]
+    options = DecodeOptions(beam=1, max_length_factor=1.5, progress=False)
+    together = translate_to_ids(model, tokenizer, sources, options)
+    assert all(len(ids) <= math.ceil(1.5 * n) for ids, n in zip(together, lengths))
+    assert sum(len(ids) == math.ceil(1.5 * n) for ids, n in zip(together, lengths)) >= 3  # the limit was reached
+    alone = [translate_to_ids(model, tokenizer, [source], options)[0] for source in sources]
+    assert alone == together
+    unlimited = translate_to_ids(model, tokenizer, sources[:1], DecodeOptions(beam=1, max_length=40, progress=False))
+    assert len(unlimited[0]) > math.ceil(1.5 * lengths[0])  # without the factor it decodes further

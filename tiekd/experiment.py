@@ -87,6 +87,7 @@ class ExperimentConfig:
     test_max_sentences: int = 0       # translate only the first N sentences of each test set (0: all; for tests)
     analyze_sentences: int = 500      # validation pairs used for top-1 agreement (0: all)
     bootstrap_resamples: int = 1000
+    randomization_trials: int = 10000  # sacreBLEU's paired approximate randomization (the reported p)
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "ExperimentConfig":
@@ -198,8 +199,10 @@ class Pipeline:
             free = ROW_KEYS
             if not any((self.out / "students").glob("*/stage.json")):
                 free += ("student",)  # no student finished yet: their shared settings may still change
+            # a key the saved file lacks (one added to tiekd since) counts as its default
+            defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
             changed = sorted(k for k in set(previous) | set(current)
-                             if k not in free and previous.get(k) != current.get(k))
+                             if k not in free and previous.get(k, defaults.get(k)) != current.get(k))
             if changed:
                 raise TiekdError(f"{self.out}: holds an experiment with different settings ({saved}: "
                                  f"{', '.join(changed)}). Fix: use a new --out, or delete the folder to start "

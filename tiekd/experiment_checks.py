@@ -86,6 +86,11 @@ def _check_shapes(config, report: _Report) -> None:
         report.add(Problem("run_order", config.run_order, "must be rows or seeds",
                            "write rows (each row's seeds in turn) or seeds (every row's first seed first)"),
                    ("run_order",), "run_order")
+    for key, what in (("bootstrap_resamples", "resamples"), ("randomization_trials", "trials")):
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            report.add(Problem(key, value, "must be a whole number of at least 1",
+                               f"write e.g. {getattr(type(config)(), key)} {what}"), (key,), key)
     for i, spec in enumerate(config.students):
         row = f"students[{i}]"
         check(spec.name, str, ("students", i, "name"), f"{row} name", "the row's label, e.g. TIE-KD")

@@ -56,7 +56,8 @@ def add_significance(table: dict, out: Path, config) -> None:
                 continue
             base_hyps = read_lines(Path(base["folder"]) / f"{main_test}.hyp")
             interval = paired_bootstrap(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
-            tests = paired_significance(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
+            tests = paired_significance(base_hyps, hyps, refs, resamples=config.bootstrap_resamples,
+                                        trials=config.randomization_trials)
             row["significance"][baseline_key(name)] = {
                 "diff": interval["diff"]["score"], "ci": interval["diff"]["ci"],
                 "p_value": tests["bleu"]["p_ar"], "p_bs": tests["bleu"]["p_bs"]}
@@ -144,7 +145,7 @@ def write_report(table: dict, out: Path, config) -> None:
           f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
           f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {main_test} "
           f"against the baseline of the same seed, with the p-value of sacreBLEU's paired approximate "
-          f"randomization test (10,000 trials; its paired bootstrap p, {config.bootstrap_resamples} resamples, in "
+          f"randomization test ({config.randomization_trials:,} trials; its paired bootstrap p, {config.bootstrap_resamples} resamples, in "
           "results.csv); with several seeds, "
           "the mean Δ and each seed's Δ and p. tok-BLEU: multi-bleu.perl convention (Moses-tokenized, "
           "no smoothing). Last-25% gain: the most validation BLEU any seed gained over its last quarter of "
@@ -282,7 +283,8 @@ def _findings_section(table: dict, out: Path, config) -> list[str]:
         if not refs:
             refs.extend(read_lines(load_prepared(out / "data").splits[main_test][1])[: config.test_max_sentences or None])
         hyps = [read_lines(Path(row["folder"]) / f"{main_test}.hyp") for row in (y, x)]
-        return diff, paired_significance(*hyps, refs, resamples=config.bootstrap_resamples)["bleu"]["p_ar"]
+        return diff, paired_significance(*hyps, refs, resamples=config.bootstrap_resamples,
+                                         trials=config.randomization_trials)["bleu"]["p_ar"]
 
     checked = findings.check(students, size, main_test, paired)
     return findings.markdown(checked, table["teacher"]["scores"][main_test]["bleu"], students, size, main_test)

@@ -7,6 +7,7 @@ CTranslate2); the paper evaluates with beam 4 and length penalty 0.6 (tie-kd.md 
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -24,8 +25,20 @@ class DecodeOptions:
     beam: int = 4
     length_penalty: float = 0.6
     max_length: int = MAX_DECODE_LENGTH  # maximum generated tokens
+    # if set, a translation also stops after ceil(factor * its source's tokens) generated tokens, as with
+    # Marian's --max-length-factor (default 3): an untrained model that never says </s> then decodes a
+    # few dozen steps instead of max_length. Each batch decodes up to its longest source's limit and
+    # each row is cut at its own, so a greedy translation does not depend on its batch; a beam search
+    # cut this way can differ from one run with the shorter limit (only where the limit binds).
+    max_length_factor: float | None = None
     batch_sentences: int = 64
     progress: bool | None = None  # None: a bar only for long inputs on a terminal
+
+    def max_new_tokens(self, source_tokens: int) -> int:
+        """Generated tokens allowed for a source of `source_tokens` tokens (</s> included)."""
+        if self.max_length_factor is None:
+            return self.max_length
+        return min(self.max_length, math.ceil(self.max_length_factor * source_tokens))
 
 
 def translate_sentences(model, tokenizer, sentences: list[str], options: DecodeOptions | None = None,
@@ -52,6 +65,8 @@ def translate_to_ids(model, tokenizer, sentences: list[str], options: DecodeOpti
     show = options.progress if options.progress is not None else (len(sentences) > 500 and sys.stderr.isatty())
     bar = tqdm(total=len(sentences), desc="translate", unit="sent", disable=not show)
     pad = tokenizer.pad_token_id
+    forced_eos = getattr(model.generation_config, "forced_eos_token_id", None)
+    forced_eos = forced_eos if isinstance(forced_eos, int) else None  # a list of ids is not forced at a cut
     for start in range(0, len(order), options.batch_sentences):
         chunk = order[start:start + options.batch_sentences]
         width = max(len(encoded[i]) for i in chunk)
@@ -62,13 +77,25 @@ def translate_to_ids(model, tokenizer, sentences: list[str], options: DecodeOpti
         beam_options = ({"num_beams": options.beam, "length_penalty": options.length_penalty, "early_stopping": True}
                         if options.beam > 1 else {"num_beams": 1})
         output = model.generate(input_ids=input_ids, attention_mask=(input_ids != pad).long(),
-                                max_new_tokens=options.max_length, do_sample=False, **beam_options)
+                                max_new_tokens=options.max_new_tokens(width), do_sample=False, **beam_options)
         for row, i in enumerate(chunk):
-            results[i] = [t for t in output[row].tolist() if t != pad]
+            results[i] = _cut([t for t in output[row].tolist() if t != pad], options.max_new_tokens(len(encoded[i])),
+                              forced_eos)
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
     return results
+
+
+def _cut(ids: list[int], limit: int, forced_eos: int | None) -> list[int]:
+    """A translation cut at `limit` tokens as decoding with that limit ends it: `generate` forces the
+    model's forced_eos_token_id (Marian's </s>) as the last token when a hypothesis reaches the limit."""
+    if len(ids) <= limit:
+        return ids
+    cut = ids[:limit]
+    if forced_eos is not None:
+        cut[-1] = forced_eos
+    return cut
 
 
 @torch.inference_mode()

@@ -4,7 +4,8 @@ Each rank scores every world_size-th batch and decodes every world_size-th sente
 all-reduced and the translations gathered, so the numbers do not depend on the number of processes
 (up to float summation order). `loss` is the training criterion (label-smoothed CE per target token),
 `nll` the plain CE per token and `ppl = exp(nll)`; BLEU is sacrebleu's corpus BLEU of greedy (or
-`valid_beam`) translations of the first `valid_max_sentences` sentences.
+`valid_beam`) translations of the first `valid_max_sentences` sentences, each at most 3x its source's
+length in tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from ..objectives import shift_right
 from ..translate import MAX_DECODE_LENGTH, DecodeOptions, translate_sentences
 from .devices import autocast_context
 from .state import TrainingState
+
+# validation stops a translation after 3x its source's tokens (Marian's default --max-length-factor):
+# early in training, when no hypothesis ends, this bounds a validation's decoding near the data's length
+VALID_MAX_LENGTH_FACTOR = 3.0
 
 
 class Validator:
@@ -73,7 +78,8 @@ class Validator:
         count = config.valid_max_sentences or len(self.sources)
         indices = list(range(min(count, len(self.sources))))
         mine = indices[self.dist.rank::self.dist.world_size]
-        options = DecodeOptions(beam=config.valid_beam, progress=False, max_length=MAX_DECODE_LENGTH)
+        options = DecodeOptions(beam=config.valid_beam, progress=False, max_length=MAX_DECODE_LENGTH,
+                                max_length_factor=VALID_MAX_LENGTH_FACTOR)
         hyps = translate_sentences(model, self.tokenizer, [self.sources[i] for i in mine], options)
         pairs = sorted(gather_objects(list(zip(mine, hyps)), self.dist))  # (sentence index, translation)
         references = [self.references[i] for i, _ in pairs]
