@@ -28,10 +28,12 @@ torch.set_num_threads(_torch_threads())
 
 
 def pytest_configure(config):
-    """One torch thread in each pytest-xdist worker (`pytest -n 2`, the README's command) unless
-    OMP_NUM_THREADS says otherwise: two workers with two threads each on two cores ran the suite
-    slower than one process (843 s against 618 s); with one thread each, in 459 s (2026-12-04)."""
+    """One thread in each pytest-xdist worker (`pytest -n 2`) unless OMP_NUM_THREADS says otherwise, for
+    torch here and for what the worker starts or loads later (CTranslate2, subprocesses). The README's
+    command sets OMP_NUM_THREADS=1 itself: on a slow 2-core machine `pytest -n 2` took 459 s with it
+    and 859 s with torch alone held to one thread (2026-12-04)."""
     if hasattr(config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
 
 
