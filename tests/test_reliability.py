@@ -126,11 +126,16 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(command, prepared, teac
 
     killed = tmp_path / "killed"
     args = tiekd_command(command, prepared, killed, total, teacher)
-    proc = start(args, tmp_path, tmp_path / "killed_log")
-    wait_for_checkpoint(proc, killed, 4, tmp_path / "killed_log")
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run had already finished: it was never killed"
-    assert reference.wait(timeout=300) == 0, (tmp_path / "straight_log.err").read_text()[-3000:]
+    try:
+        proc = start(args, tmp_path, tmp_path / "killed_log")
+        wait_for_checkpoint(proc, killed, 4, tmp_path / "killed_log")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run had already finished: it was never killed"
+        assert reference.wait(timeout=300) == 0, (tmp_path / "straight_log.err").read_text()[-3000:]
+    finally:  # a failure above must not leave the reference run working on into the next tests
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
     summary_before = killed / "summary.json"
     assert not summary_before.exists()  # it really died mid-run
     last_logged = records(killed, "train")[-1]["step"]
