@@ -77,6 +77,26 @@ def test_train_has_every_flag_but_the_distill_only_ones(capsys, monkeypatch):
     assert {"--no-ranking", "--ranking", "--no-valid-bleu", "--valid-bleu", "--adam-betas"} <= distill
 
 
+def test_help_and_a_mistyped_flag_answer_without_importing_torch_or_transformers():
+    """Those two imports take 5-10 s on a 2-core machine; a user asking for --help should not wait."""
+    script = """
+import contextlib, io, sys
+from tiekd.cli import build_parser, main
+commands = [None, *build_parser()._subparsers._group_actions[0].choices]
+for command in commands:
+    for flags in (["--help"], ["--no-such-flag"]):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                main(([command] if command else []) + flags)
+            except SystemExit:
+                pass
+print(len(commands), sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["12", "[]"]
+
+
 def test_flags_override_the_config_file_and_keep_their_types(tmp_path):
     from tiekd.cli import _run_config_from_args, build_parser
 

@@ -108,7 +108,7 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import tiekd.distilled_data as distilled_data
+    import tiekd.distributed
     from tiekd.distributed import DistInfo
     from tiekd.models import load_model
 
@@ -117,8 +117,9 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
 
     out, _, _ = one_best_and_chrf
     meeting = threading.Barrier(2, timeout=300)
-    monkeypatch.setattr(distilled_data, "wait_for_all", lambda dist: dist.enabled and meeting.wait())
-    monkeypatch.setattr(distilled_data, "open_long_waits", lambda dist: None)
+    # tiekd.distilled_data imports these when it runs them, so patching the module that holds them is enough
+    monkeypatch.setattr(tiekd.distributed, "wait_for_all", lambda dist: dist.enabled and meeting.wait())
+    monkeypatch.setattr(tiekd.distributed, "open_long_waits", lambda dist: None)
     exports = []
     real_export = tiekd.export.export_ctranslate2
     monkeypatch.setattr(tiekd.export, "export_ctranslate2", lambda *a, **k: exports.append(a) or real_export(*a, **k))

@@ -13,54 +13,60 @@ and that the teacher's top-1 mostly duplicates the gold token.
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
-
-import torch
 
 from .errors import TiekdError
 
+# torch is imported where it is used: the command line builds its parser from this module and
+# `tiekd --help` should not wait seconds for torch
+if typing.TYPE_CHECKING:
+    import torch
 
-@torch.inference_mode()
+
 def agreement_statistics(student, teacher, tokenizer, sources: list[str], targets: list[str], topk: int = 5,
                          bin_edges: tuple[float, ...] = (1 / 3, 2 / 3), max_tokens: int = 4096,
                          device: str | torch.device = "cpu") -> dict:
     """Teacher-forced agreement statistics over a parallel corpus (see module docstring)."""
+    import torch
+
     from .batching import collate, encode_texts, make_batches, EncodedCorpus
     from .objectives import shift_right
 
-    pad = tokenizer.pad_token_id
-    corpus = EncodedCorpus(encode_texts(tokenizer, sources), encode_texts(tokenizer, targets, target=True), pad)
-    edges = torch.tensor(bin_edges)
-    n_bins = len(bin_edges) + 1
-    counts = {name: torch.zeros((), dtype=torch.float64) for name in ("tokens", "agree", "teacher_gold", "student_gold", "topk_overlap")}
-    bin_tokens = torch.zeros(n_bins, dtype=torch.float64)
-    bin_teacher_gold = torch.zeros(n_bins, dtype=torch.float64)
-    bin_agree = torch.zeros(n_bins, dtype=torch.float64)
-    student.eval(), teacher.eval()
-    start = student.config.decoder_start_token_id
-    for ids in make_batches(corpus, max_tokens):
-        batch = collate(corpus, ids).to(device)
-        decoder_input = shift_right(batch.labels, start)
-        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=decoder_input)
-        student_logits = student(**kwargs).logits.float()
-        teacher_logits = teacher(**kwargs).logits.float()
-        keep = batch.labels != pad
-        gold = batch.labels[keep]
-        s_logits, t_logits = student_logits[keep], teacher_logits[keep]
-        s_top1, t_top1 = s_logits.argmax(-1), t_logits.argmax(-1)
-        t_conf = torch.softmax(t_logits, -1).gather(-1, t_top1[:, None]).squeeze(-1).cpu()
-        s_topk, t_topk = s_logits.topk(topk, -1).indices, t_logits.topk(topk, -1).indices
-        overlap = (s_topk[:, :, None] == t_topk[:, None, :]).any(-1).float().sum(-1) / topk
-        agree, teacher_gold = (s_top1 == t_top1).cpu().double(), (t_top1 == gold).cpu().double()
-        counts["tokens"] += gold.numel()
-        counts["agree"] += agree.sum()
-        counts["teacher_gold"] += teacher_gold.sum()
-        counts["student_gold"] += (s_top1 == gold).double().sum().cpu()
-        counts["topk_overlap"] += overlap.double().sum().cpu()
-        bins = torch.bucketize(t_conf, edges)
-        bin_tokens += torch.bincount(bins, minlength=n_bins).double()
-        bin_teacher_gold += torch.bincount(bins, weights=teacher_gold, minlength=n_bins)
-        bin_agree += torch.bincount(bins, weights=agree, minlength=n_bins)
+    with torch.inference_mode():
+        pad = tokenizer.pad_token_id
+        corpus = EncodedCorpus(encode_texts(tokenizer, sources), encode_texts(tokenizer, targets, target=True), pad)
+        edges = torch.tensor(bin_edges)
+        n_bins = len(bin_edges) + 1
+        counts = {name: torch.zeros((), dtype=torch.float64) for name in ("tokens", "agree", "teacher_gold", "student_gold", "topk_overlap")}
+        bin_tokens = torch.zeros(n_bins, dtype=torch.float64)
+        bin_teacher_gold = torch.zeros(n_bins, dtype=torch.float64)
+        bin_agree = torch.zeros(n_bins, dtype=torch.float64)
+        student.eval(), teacher.eval()
+        start = student.config.decoder_start_token_id
+        for ids in make_batches(corpus, max_tokens):
+            batch = collate(corpus, ids).to(device)
+            decoder_input = shift_right(batch.labels, start)
+            kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=decoder_input)
+            student_logits = student(**kwargs).logits.float()
+            teacher_logits = teacher(**kwargs).logits.float()
+            keep = batch.labels != pad
+            gold = batch.labels[keep]
+            s_logits, t_logits = student_logits[keep], teacher_logits[keep]
+            s_top1, t_top1 = s_logits.argmax(-1), t_logits.argmax(-1)
+            t_conf = torch.softmax(t_logits, -1).gather(-1, t_top1[:, None]).squeeze(-1).cpu()
+            s_topk, t_topk = s_logits.topk(topk, -1).indices, t_logits.topk(topk, -1).indices
+            overlap = (s_topk[:, :, None] == t_topk[:, None, :]).any(-1).float().sum(-1) / topk
+            agree, teacher_gold = (s_top1 == t_top1).cpu().double(), (t_top1 == gold).cpu().double()
+            counts["tokens"] += gold.numel()
+            counts["agree"] += agree.sum()
+            counts["teacher_gold"] += teacher_gold.sum()
+            counts["student_gold"] += (s_top1 == gold).double().sum().cpu()
+            counts["topk_overlap"] += overlap.double().sum().cpu()
+            bins = torch.bucketize(t_conf, edges)
+            bin_tokens += torch.bincount(bins, minlength=n_bins).double()
+            bin_teacher_gold += torch.bincount(bins, weights=teacher_gold, minlength=n_bins)
+            bin_agree += torch.bincount(bins, weights=agree, minlength=n_bins)
     total = float(counts["tokens"])
     if total == 0:
         raise TiekdError("no target tokens to analyse. Fix: pass a non-empty split")

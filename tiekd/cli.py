@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_transformers()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        # after parsing: --help and a mistyped flag answer at once, without importing transformers (seconds)
+        _quiet_transformers()
         # before training allocates: its [tokens, vocab] temporaries then reuse the heap's pages
         tune_for_command(args.command)
         code = args.func(args)

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .distributed import DistInfo, open_long_waits, wait_for_all
+from .decode_limits import MAX_DECODE_LENGTH
 from .errors import TiekdError
 from .io import atomic_write_json, atomic_write_text, read_lines
-from .translate import MAX_DECODE_LENGTH
+
+# tiekd.distributed (torch) is imported where it is used: the command line builds its parser from this
+# module and `tiekd --help` should not wait seconds for torch
+if typing.TYPE_CHECKING:
+    from .distributed import DistInfo
 
 ENGINES = ("ctranslate2", "pytorch")
 SELECTIONS = ("best", "chrf")
@@ -213,16 +218,20 @@ def _shard_is_complete(text_path: Path, record_path: Path, expected_lines: int) 
 def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path: str | Path,
                          references_path: str | Path | None = None, work_dir: str | Path | None = None,
                          options: DistillationOptions | None = None, quiet: bool = False,
-                         dist: DistInfo = DistInfo(), model=None) -> dict:
+                         dist: DistInfo | None = None, model=None) -> dict:
     """Translate `sources_path` with `teacher` into `out_path` (one target per source line); resumable.
 
-    Under torchrun (`dist`) every rank calls this: rank r translates shards r, r + W, ... and rank 0
+    Under torchrun (`dist`, None outside it) every rank calls this: rank r translates shards r, r + W, ... and rank 0
     merges them. `model`, for the pytorch engine, is the teacher already loaded (from `teacher`).
     Returns the build's report (also written beside `out_path` as `<out>.json`): options, sentence
     counts, empty / runaway outputs, how many targets chrF selection took from below the 1-best, and
     the decoding speed in sentences/s over the shards translated in this call (by rank 0).
     """
     from tqdm.auto import tqdm
+
+    from .distributed import DistInfo, open_long_waits
+
+    dist = dist or DistInfo()
 
     options = options or DistillationOptions()
     options.validate()
@@ -295,6 +304,8 @@ def _together(dist: DistInfo, work_dir: Path, stage: str, action):
     Under torchrun an error on one rank (a settings mismatch on rank 0, a failed export) would otherwise
     leave the others waiting until the launcher kills them, with no message of their
     own. The failing rank leaves its message in the work folder before it meets the others."""
+    from .distributed import wait_for_all
+
     try:
         result = action()
     except Exception as exc:

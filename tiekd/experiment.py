@@ -31,10 +31,10 @@ from pathlib import Path
 
 import yaml
 
+from .decode_limits import MAX_DECODE_LENGTH
 from .errors import TiekdError
 from .io import atomic_write_json
 from .methods import METHODS
-from .translate import MAX_DECODE_LENGTH
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

@@ -24,16 +24,18 @@ import argparse
 import json
 import shutil
 import tempfile
+import typing
 import warnings
 from pathlib import Path
 
-import torch
-
+from .decode_limits import MAX_DECODE_LENGTH
 from .errors import TiekdError
 from .io import replace_dir
 from .shortlist import ShortlistOptions
 from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
-from .translate import MAX_DECODE_LENGTH
+
+if typing.TYPE_CHECKING:  # the command line builds its parser from this module without waiting for torch
+    import torch
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float32", "float16", "bfloat16")
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 SCHEDULES = ("inverse-sqrt", "linear", "cosine")
 
 
@@ -42,6 +40,10 @@ def lr_at(step: int, peak_lr: float, warmup: int, init_lr: float, schedule: str 
 def make_scheduler(optimizer, peak_lr: float, warmup: int, init_lr: float, schedule: str = "inverse-sqrt",
                    total: int = 0, min_lr: float = 0.0):
     """A LambdaLR over an optimizer whose base learning rate is `peak_lr`."""
+    # torch is imported here, not at the top: the command line reads SCHEDULES while it builds its
+    # parser, and `tiekd --help` should not wait seconds for torch
+    import torch
+
     lr_at(warmup, peak_lr, warmup, init_lr, schedule, total, min_lr)  # fail here, not at the warm-up's end
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, peak_lr, warmup, init_lr, schedule, total, min_lr) / peak_lr)

@@ -26,6 +26,7 @@ check the BLEU it costs.
 
 from __future__ import annotations
 
+import typing
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -33,10 +34,13 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import TiekdError
 from .io import atomic_write_text, count_lines, iter_lines
+
+# torch is imported where it is used: `tiekd export --help` reads ShortlistOptions and should not wait for torch
+if typing.TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ def _incidence(tokenizer, lines: list[str], target: bool, side: _Side) -> torch.
     """The lines' token incidence matrix (len(lines) x side.size, sparse, float64): 1 where a line holds a
     token as the model's tokenizer writes it (targets with the target side's SentencePiece model where
     the two differ, as in OPUS-MT), special tokens left out."""
+    import torch
+
     from .batching import encode_texts
 
     ids = encode_texts(tokenizer, lines, target=target)
@@ -131,6 +137,8 @@ class _SparseSum:
             self.partial.append((a + b, (x + y).coalesce()))
 
     def total(self, shape: tuple[int, int]) -> torch.Tensor:
+        import torch
+
         result = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64),
                                          shape, check_invariants=False)
         for _, matrix in self.partial:
@@ -148,6 +156,8 @@ def vocabulary_map_rules(tokenizer, source_path: str | Path, target_path: str | 
     pairs as sparse products. That is the same sum over sentences of |S_i| * |T_i| pairs as counting pair
     by pair, in compiled code; memory holds one chunk and the distinct (s, t) pairs (up to about twice,
     in the partial sums), not the whole corpus's token sets."""
+    import torch
+
     options.validate()
     source_side, target_side = _side(tokenizer, False), _side(tokenizer, True)
     source_count = np.zeros(source_side.size, dtype=np.int64)

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-
-# generated tokens at most, everywhere tiekd decodes (translate, validation, sequence-KD targets, export);
-# Multi30k targets are < 100 tokens, WMT-style ones rarely over 200
-MAX_DECODE_LENGTH = 256
+from .decode_limits import MAX_DECODE_LENGTH
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .translate import MAX_DECODE_LENGTH
+    from .decode_limits import MAX_DECODE_LENGTH
 
     parser.add_argument("--model", required=True, help="model folder (or a CTranslate2 export with --engine ctranslate2)")
     parser.add_argument("--input", "-i", default="-", help="source file, one sentence a line (default: stdin)")

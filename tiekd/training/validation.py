@@ -17,11 +17,12 @@ import torch
 
 from .. import batching
 from ..config import RunConfig
+from ..decode_limits import MAX_DECODE_LENGTH
 from ..distributed import DistInfo, all_reduce_sum, gather_objects
 from ..io import read_lines
 from ..losses import label_smoothed_ce
 from ..objectives import shift_right
-from ..translate import MAX_DECODE_LENGTH, DecodeOptions, translate_sentences
+from ..translate import DecodeOptions, translate_sentences
 from .devices import autocast_context
 from .state import TrainingState
 
