@@ -204,14 +204,17 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
 
     if not lines:
         return
-    labels = [f"{l['name']}\n({l['size']})" for l in lines]
+    import textwrap
+
+    # long row names ("Analysis (b): without correlation") wrapped so that neighbouring labels never overlap
+    labels = ["\n".join(textwrap.wrap(l["name"], 14)) + f"\n({l['size']})" for l in lines]
     for key, ylabel, filename, scale, ref in (
         ("main", f"BLEU ({main_test})", "bleu_by_method.png", 1.0, teacher_bleu),
         ("top1_agreement", "student-teacher top-1 agreement (%)", "agreement_by_method.png", 100.0, None),
     ):
         means = [l[key][0] * scale for l in lines]
         errors = [(l[key][1] or 0.0) * scale for l in lines]
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(lines)), 4))
+        fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(lines)), 4.4))
         ax.bar(range(len(lines)), means, yerr=errors, capsize=4, color="#4c72b0", label="mean ± std over seeds")
         # every seed as a dot, so a spread (or one failed seed) is visible, not only the mean
         seeds_x = [i for i, l in enumerate(lines) for _ in l["per_seed"][key]]
