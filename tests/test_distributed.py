@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tiekd import checkpoint
@@ -75,7 +74,14 @@ def files(run: Path) -> set[str]:
 
 
 def assert_same_training(two: Path, one: Path, steps: int) -> None:
-    """Same losses (each part too), learning rates, gradient norms and final parameters."""
+    """Same losses (each part too), learning rates, gradient norms and final parameters.
+
+    Parameters agree to 1e-6 except for a few elements that Adam may move apart: its step
+    lr * m / (sqrt(v) + eps) has size about lr whatever the gradient's size, so a unit whose gradient is
+    near zero (a ReLU unit at the edge of its dead zone) turns a summation-order difference of 1e-9 into
+    a parameter difference of up to lr per update. Measured on an Intel Xeon of this machine kind: 31 of
+    54,376 elements, all in one ReLU unit of encoder layer 0, 1.4e-5 apart after 4 updates. A sharding
+    or accumulation bug moves most elements, so at most 0.1% may differ, each by at most sum(lr)."""
     got, want = records(two, "train"), records(one, "train")
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, steps + 1))
     for a, b in zip(got, want):
@@ -86,8 +92,13 @@ def assert_same_training(two: Path, one: Path, steps: int) -> None:
     final = f"checkpoints/step_{steps:07d}/model.safetensors"
     wa, wb = load_file(str(two / final)), load_file(str(one / final))
     assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.allclose(wa[key], wb[key], atol=1e-6, rtol=0), key
+    adam_bound = sum(r["lr"] for r in want)  # |Adam step| <= about lr per update
+    differ = {key: (wa[key] - wb[key]).abs() for key in wa}
+    elements = sum(d.numel() for d in differ.values())
+    beyond = sum(int((d > 1e-6).sum()) for d in differ.values())
+    assert beyond <= 0.001 * elements, {k: int((d > 1e-6).sum()) for k, d in differ.items() if (d > 1e-6).any()}
+    for key, d in differ.items():
+        assert float(d.max()) <= adam_bound, (key, float(d.max()), adam_bound)
 
 
 # Each case costs two process starts (about 10 s of imports each on a slow machine of this kind), so
