@@ -129,3 +129,12 @@ def test_a_rows_own_cost_as_a_budget_includes_its_last_validation():
     lines = equal_compute_rows([(row, [(2.0, 30.0), (4.121, 40.0)])])
     assert list(lines[0]["within"]) == [4.13]
     assert lines[0]["within"][4.13] == 40.0 == lines[0]["final_bleu"]
+
+
+def test_plot_styles_stay_distinct_past_ten_rows():
+    """tab10 has ten colours; the converged table has 11 methods, and row 11 drew in row 1's blue."""
+    from tiekd.compute_view import line_style
+
+    styles = [line_style(i) for i in range(40)]
+    assert len(set(styles)) == 40
+    assert line_style(10)[0] == line_style(0)[0] and line_style(10)[1:] != line_style(0)[1:]

@@ -221,6 +221,18 @@ def markdown_table(lines: list[dict], budgets: list[float]) -> list[str]:
     return out
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = (".", "x", "+", "^")
+
+
+def line_style(index: int) -> tuple[int, str, str]:
+    """(tab10 colour index, line style, marker) of the index-th row: ten colours, then the next line
+    style and marker, so that rows 1 and 11 (the converged table has 11 methods) do not look alike.
+    Distinct for the first 40 rows."""
+    shape = (index // 10) % len(LINESTYLES)
+    return index % 10, LINESTYLES[shape], MARKERS[shape]
+
+
 def plot_curves(curves: list[tuple[dict, list]], path: Path,
                 xlabel: str = "training compute (CPU core-hours, validation excluded)") -> None:
     """Validation BLEU against core-hours, one line per run, one colour per row name."""
@@ -235,8 +247,9 @@ def plot_curves(curves: list[tuple[dict, list]], path: Path,
     labelled = set()
     for row, curve in curves:
         label = f"{row['name']} ({row['size']})"
-        ax.plot([h for h, _ in curve], [b for _, b in curve], marker=".", color=colours(names.index(label) % 10),
-                label=None if label in labelled else label, alpha=0.8)
+        colour_index, linestyle, marker = line_style(names.index(label))
+        ax.plot([h for h, _ in curve], [b for _, b in curve], marker=marker, linestyle=linestyle,
+                color=colours(colour_index), label=None if label in labelled else label, alpha=0.8)
         labelled.add(label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation BLEU (greedy)")
