@@ -20,7 +20,7 @@ one() {  # $1 row folder name in the table, $2 subcommand, $3.. extra flags
   local run=$OUT/$row-5400/run model=$OUT/$row-5400/model
   [ -f "$OUT/$row-5400/scores.txt" ] && return 0
   mkdir -p "$OUT/$row-5400"
-  local resume=""; [ -d "$run/checkpoints" ] && resume=--resume
+  local resume=""; [ -f "$run/config.yaml" ] && resume=--resume  # a run folder without a checkpoint resumes from update 0
   $PY -m tiekd $command --config "$TABLE/students/$row/run/config.yaml" --out "$run" --max-updates 5400 $resume "$@" \
     > "$OUT/$row-5400/train.log" 2>&1
   $PY -m tiekd average "$run" --last 5 --out "$model" --overwrite
