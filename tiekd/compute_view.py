@@ -235,7 +235,7 @@ def line_style(index: int) -> tuple[int, str, str]:
 
 def plot_curves(curves: list[tuple[dict, list]], path: Path,
                 xlabel: str = "training compute (CPU core-hours, validation excluded)") -> None:
-    """Validation BLEU against core-hours, one line per run, one colour per row name."""
+    """Validation BLEU against core-hours, one line per run, one colour and line style per row name."""
     import matplotlib
 
     matplotlib.use("Agg")
