@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROWS = {"No-KD": "no-kd-tiny-seed1", "Word-KD": "word-kd-tiny-seed1"}
+DEFAULT_ROWS = ["no-kd-tiny-seed1", "word-kd-tiny-seed1"]
 
 
 def validations(metrics: Path) -> list[dict]:
@@ -70,20 +70,23 @@ def main() -> None:
                         help="folder of the reruns (each <row>-5400/metrics.jsonl or run/metrics.jsonl)")
     parser.add_argument("--plot", type=Path, default=HERE / "curves.png")
     args = parser.parse_args()
+    # every rerun found in --check (running ones too), else the first pair measured
+    rows = sorted({p.name[:-len("-5400")] for p in args.check.glob("*-5400") if p.is_dir()}) or DEFAULT_ROWS
 
     curves = {}
-    print(f"{'row':<8} {'updates':>7} {'valid BLEU end':>14} {'best':>6} {'gain last 25%':>13} "
+    print(f"{'row':<22} {'updates':>7} {'valid BLEU end':>14} {'best':>6} {'gain last 25%':>13} "
           f"{'gain (3-val means)':>18} {'nll end':>8} {'nll drop last 25%':>17}")
-    for label, row in ROWS.items():
+    for row in rows:
+        label = row.replace("-tiny", "")
         for updates, folder in (("3600", args.table / row), ("5400", args.check / f"{row}-5400")):
             metrics = find_metrics(folder)
             if metrics is None:
-                print(f"{label:<8} {updates:>7}  (no metrics in {folder})")
+                print(f"{label:<22} {updates:>7}  (no metrics in {folder})")
                 continue
             records = validations(metrics)
             gain = late_gain(records)
             partial = "" if gain["end"] >= int(updates) else f"  (partial: at update {gain['end']})"
-            print(f"{label:<8} {updates:>7} {gain['final_bleu']:>14.2f} {gain['best_bleu']:>6.2f} "
+            print(f"{label:<22} {updates:>7} {gain['final_bleu']:>14.2f} {gain['best_bleu']:>6.2f} "
                   f"{gain['bleu_gain']:>+13.2f} {gain['bleu_gain_mean3']:>+18.2f} {gain['final_nll']:>8.3f} "
                   f"{gain['nll_drop']:>17.3f}{partial}")
             curves[(label, updates)] = (records, int(updates))
@@ -98,7 +101,8 @@ def draw(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (bleu_axis, nll_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = {"No-KD": "tab:gray", "Word-KD": "tab:blue"}
+    labels = sorted({label for label, _ in curves})
+    colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}
     styles = {"3600": "--", "5400": "-"}
     for (label, updates), (records, total) in curves.items():
         share = [r["step"] / total for r in records]

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Issue 10 item 2: is 3,600 updates converged? The table's No-KD and Word-KD seed-1 recipes, unchanged
+# Issue 10 item 2: is 3,600 updates converged? Table rows' recipes (default: No-KD and Word-KD seed 1;
+# or name rows, e.g. `longer_schedule.sh tie-kd-tiny-seed1:distill word-kd-tiny-seed2:distill`), unchanged
 # except for a 5,400-update schedule (the linear decay stretched to the new end), against their 3,600-update
 # rows (docs/RESULTS.md, "The reading", convergence bullet). Resumable: rerun the same command after an
 # interruption and each run goes on from its newest checkpoint; a finished run is skipped.
@@ -12,7 +13,7 @@ TABLE=${TABLE:-/work/bg/runs/converged}      # the table's experiment folder (da
 OUT=${OUT:-/work/bg/runs/schedule_check}
 REF=${REF:-/work/shared/data/multi30k/test_2016_flickr.en}
 SRC=${SRC:-/work/shared/data/multi30k/test_2016_flickr.de}
-KEEP=$(cd "$(dirname "$0")" && pwd)
+KEEP=${KEEP:-$(cd "$(dirname "$0")" && pwd)}  # where finished results are copied
 export OMP_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456
 cd "$CODE"
 one() {  # $1 row folder name in the table, $2 subcommand, $3.. extra flags
@@ -30,7 +31,10 @@ one() {  # $1 row folder name in the table, $2 subcommand, $3.. extra flags
   mkdir -p "$KEEP/$row-5400" && cp "$OUT/$row-5400/scores.txt" "$OUT/$row-5400/test_2016_flickr.hyp" "$run/metrics.jsonl" \
     "$run/config.yaml" "$KEEP/$row-5400/"
 }
-one no-kd-tiny-seed1 train &
-one word-kd-tiny-seed1 distill &
+# Rows as <table row folder>:<subcommand>, one process each; the default is the first pair measured.
+[ $# -eq 0 ] && set -- no-kd-tiny-seed1:train word-kd-tiny-seed1:distill
+for spec in "$@"; do
+  one "${spec%%:*}" "${spec##*:}" &
+done
 wait
 echo done
