@@ -37,8 +37,8 @@ EXPERIMENT_SECONDS=${EXPERIMENT_SECONDS:-$(( $(seconds_left) - REPORT_RESERVE ))
 log "experiment (time box ${EXPERIMENT_SECONDS}s)"
 timeout "$EXPERIMENT_SECONDS" python3 -m tiekd experiment --preset gpu --out "$WORK/exp" > "$OUT/experiment.log" 2>&1
 log "report from finished stages"
-timeout $(( $(seconds_left) > 20 ? $(seconds_left) : 20 )) \
-  python3 -m tiekd experiment --preset gpu --out "$WORK/exp" --report-only >> "$OUT/experiment.log" 2>&1
+left=$(seconds_left)
+timeout $(( left > 20 ? left : 20 )) python3 -m tiekd experiment --preset gpu --out "$WORK/exp" --report-only >> "$OUT/experiment.log" 2>&1
 (cd "$WORK" && tar czf - --exclude='*.safetensors' --exclude='*.pt' --exclude='*.spm' --exclude='chunks' \
    --exclude='seqkd' --exclude='data' --exclude='slice' --exclude='tensorboard' exp bench_*.json) > "$OUT/results.tar.gz"
 log "done"

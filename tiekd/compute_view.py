@@ -144,16 +144,20 @@ def updates_cost(settings: dict, updates: int, costs: UpdateCosts) -> float:
     return sum(count * costs.per_update[key] for key, count in cost_keys(settings, updates).items())
 
 
+def quarter_mark(records: list[dict]) -> dict | None:
+    """The last validation record at or before 75% of the last one's updates: where the last 25% of a
+    run starts (None without two such validations)."""
+    earlier = [r for r in records[:-1] if r["step"] <= 0.75 * records[-1]["step"]] if records else []
+    return earlier[-1] if earlier else None
+
+
 def late_gain(run_folder: Path) -> float | None:
     """Validation BLEU gained over the last 25% of a run's updates: BLEU at the last validation minus
-    BLEU at the last validation at or before 75% of its updates (the convergence test of issue 10:
-    a converged run gains less than 0.3). None without two such validations."""
+    BLEU at `quarter_mark` (the convergence test of issue 10: a converged run gains less than 0.3).
+    None without two such validations."""
     records = validation_records(run_folder)
-    if len(records) < 2:
-        return None
-    last = records[-1]
-    earlier = [r for r in records[:-1] if r["step"] <= 0.75 * last["step"]]
-    return last["bleu"] - earlier[-1]["bleu"] if earlier else None
+    mark = quarter_mark(records)
+    return None if mark is None else records[-1]["bleu"] - mark["bleu"]
 
 
 def bleu_within(curve: list[tuple[float, float]], budget: float) -> float | None:

@@ -17,47 +17,42 @@ by update number. The paired test-set comparison is ``<row>-5400/scores.txt`` (w
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from tiekd.compute_view import quarter_mark, validation_records
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROWS = ["no-kd-tiny-seed1", "word-kd-tiny-seed1"]
 
 
-def validations(metrics: Path) -> list[dict]:
-    """The run's validation records, in update order (a resumed run may repeat one: the last wins)."""
-    by_step = {}
-    for line in metrics.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "valid":
-            by_step[record["step"]] = record
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def mean_around(records: list[dict], end_step: int, key: str, count: int = 3) -> float:
+def mean_up_to(records: list[dict], end_step: int, key: str, count: int = 3) -> float:
     """Mean of ``key`` over the ``count`` validations that end at ``end_step``."""
     chosen = [r[key] for r in records if r["step"] <= end_step][-count:]
     return sum(chosen) / len(chosen)
 
 
-def late_gain(records: list[dict]) -> dict:
-    """The issue's test: what the last 25% of updates add (single checkpoints and 3-validation means)."""
-    end = records[-1]["step"]
-    at_75 = max(r["step"] for r in records if r["step"] <= 0.75 * end)
-    single = {r["step"]: r for r in records}
+def late_view(records: list[dict]) -> dict | None:
+    """The issue's test (what the last 25% of updates add, from ``tiekd.compute_view.quarter_mark`` to the
+    end, as in ``late_gain``), also on 3-validation means, with validation nll at the same two points and
+    the best and final BLEU. None without two such validations."""
+    at_75 = quarter_mark(records)
+    if at_75 is None:
+        return None
+    end = records[-1]
     return {
-        "end": end, "at_75": at_75,
-        "bleu_gain": single[end]["bleu"] - single[at_75]["bleu"],
-        "bleu_gain_mean3": mean_around(records, end, "bleu") - mean_around(records, at_75, "bleu"),
-        "nll_drop": single[at_75]["nll"] - single[end]["nll"],
+        "end": end["step"],
+        "bleu_gain": end["bleu"] - at_75["bleu"],
+        "bleu_gain_mean3": mean_up_to(records, end["step"], "bleu") - mean_up_to(records, at_75["step"], "bleu"),
+        "nll_drop": at_75["nll"] - end["nll"],
         "best_bleu": max(r["bleu"] for r in records),
-        "final_bleu": single[end]["bleu"], "final_nll": single[end]["nll"],
+        "final_bleu": end["bleu"], "final_nll": end["nll"],
     }
 
 
-def find_metrics(folder: Path) -> Path | None:
-    for candidate in (folder / "run" / "metrics.jsonl", folder / "metrics.jsonl"):
-        if candidate.exists():
+def run_folder(folder: Path) -> Path | None:
+    """The folder holding a row's metrics.jsonl: ``run/`` while it trains, the row folder once copied."""
+    for candidate in (folder / "run", folder):
+        if (candidate / "metrics.jsonl").exists():
             return candidate
     return None
 
@@ -79,12 +74,12 @@ def main() -> None:
     for row in rows:
         label = row.replace("-tiny", "")
         for updates, folder in (("3600", args.table / row), ("5400", args.check / f"{row}-5400")):
-            metrics = find_metrics(folder)
-            if metrics is None:
-                print(f"{label:<22} {updates:>7}  (no metrics in {folder})")
+            found = run_folder(folder)
+            records = validation_records(found) if found else []
+            gain = late_view(records)
+            if gain is None:
+                print(f"{label:<22} {updates:>7}  (fewer than two validations in {folder})")
                 continue
-            records = validations(metrics)
-            gain = late_gain(records)
             partial = "" if gain["end"] >= int(updates) else f"  (partial: at update {gain['end']})"
             print(f"{label:<22} {updates:>7} {gain['final_bleu']:>14.2f} {gain['best_bleu']:>6.2f} "
                   f"{gain['bleu_gain']:>+13.2f} {gain['bleu_gain_mean3']:>+18.2f} {gain['final_nll']:>8.3f} "

@@ -16,13 +16,13 @@ SRC=${SRC:-/work/shared/data/multi30k/test_2016_flickr.de}
 KEEP=${KEEP:-$(cd "$(dirname "$0")" && pwd)}  # where finished results are copied
 export OMP_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456
 cd "$CODE"
-one() {  # $1 row folder name in the table, $2 subcommand, $3.. extra flags
-  local row=$1 command=$2; shift 2
+one() {  # $1 row folder name in the table, $2 subcommand (train or distill)
+  local row=$1 command=$2
   local run=$OUT/$row-5400/run model=$OUT/$row-5400/model
   [ -f "$OUT/$row-5400/scores.txt" ] && return 0
   mkdir -p "$OUT/$row-5400"
   local resume=""; [ -f "$run/config.yaml" ] && resume=--resume  # a run folder without a checkpoint resumes from update 0
-  $PY -m tiekd $command --config "$TABLE/students/$row/run/config.yaml" --out "$run" --max-updates 5400 $resume "$@" \
+  $PY -m tiekd $command --config "$TABLE/students/$row/run/config.yaml" --out "$run" --max-updates 5400 $resume \
     > "$OUT/$row-5400/train.log" 2>&1
   $PY -m tiekd average "$run" --last 5 --out "$model" --overwrite
   $PY -m tiekd translate --model "$model" --input "$SRC" --output "$OUT/$row-5400/test_2016_flickr.hyp" --beam 4 --lenpen 0.6 --quiet
