@@ -10,19 +10,25 @@ Reads the validation records (``metrics.jsonl``) of each method's 3,600-update t
 
 It also draws validation BLEU and nll against the share of the schedule done (``curves.png``), since both
 schedules decay the learning rate linearly to zero at their own end and so are comparable by share, not
-by update number. The paired test-set comparison is ``<row>-5400/scores.txt`` (written by the script).
+by update number. Each rerun's paired test against its own 3,600-update row is ``<row>-5400/scores.txt``
+(written by the script); this script adds the test view across methods: test BLEU per method and schedule
+(mean ± sample std over the seeds finished at 5,400, each against the same seeds at 3,600) and, for every
+seed with both, TIE-KD against Word-KD at each schedule with sacreBLEU's paired approximate-randomization p.
 
-    python results/schedule_check/compare.py [--table /work/bg/runs/converged] [--check /work/bg/runs/schedule_check]
+    python results/schedule_check/compare.py [--table /work/bg/runs/converged/students] [--check /work/bg/runs/schedule_check]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from tiekd.compute_view import quarter_mark, validation_records
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROWS = ["no-kd-tiny-seed1", "word-kd-tiny-seed1"]
+TEST_REF = HERE.parents[2] / "shared" / "data" / "multi30k" / "test_2016_flickr.en"
+HYP = "test_2016_flickr.hyp"
 
 
 def mean_up_to(records: list[dict], end_step: int, key: str, count: int = 3) -> float:
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--check", type=Path, default=HERE,
                         help="folder of the reruns (each <row>-5400/metrics.jsonl or run/metrics.jsonl)")
     parser.add_argument("--plot", type=Path, default=HERE / "curves.png")
+    parser.add_argument("--ref", type=Path, default=TEST_REF, help="test_2016_flickr.en of Multi30k")
     args = parser.parse_args()
     # every rerun found in --check (running ones too), else the first pair measured
     rows = sorted({p.name[:-len("-5400")] for p in args.check.glob("*-5400") if p.is_dir()}) or DEFAULT_ROWS
@@ -88,6 +95,56 @@ def main() -> None:
     if curves:
         draw(curves, args.plot)
         print(f"curves: {args.plot}")
+    if args.ref.exists():
+        print()
+        test_view(rows, args.table, args.check, args.ref)
+    else:
+        print(f"(no test view: references {args.ref} not found; pass --ref)")
+
+
+def split_row(row: str) -> tuple[str, int]:
+    """'word-kd-tiny-seed2' -> ('word-kd', 2)."""
+    method, seed = row.rsplit("-seed", 1)
+    return method.removesuffix("-tiny"), int(seed)
+
+
+def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
+    """Test BLEU per method and schedule over the seeds finished at 5,400, and TIE-KD against Word-KD per
+    seed at both schedules (sacreBLEU paired approximate randomization, 10,000 trials)."""
+    from sacrebleu.metrics import BLEU
+
+    from tiekd.evaluate import paired_significance
+    from tiekd.io import read_lines
+
+    refs = read_lines(ref)
+    hyps: dict[tuple[str, int, str], list[str]] = {}
+    for row in rows:
+        finished = check / f"{row}-5400" / HYP
+        if finished.exists():  # a method's seed enters the view only once its 5,400 run is translated
+            method, seed = split_row(row)
+            hyps[method, seed, "5400"] = read_lines(finished)
+            hyps[method, seed, "3600"] = read_lines(table / row / HYP)
+    bleu = {key: BLEU().corpus_score(lines, [refs]).score for key, lines in hyps.items()}
+    print(f"{'method':<10} {'seeds':<8} {'test BLEU 3,600':>16} {'test BLEU 5,400':>16} {'change':>7}")
+    for method in sorted({key[0] for key in hyps}):
+        seeds = sorted(seed for m, seed, updates in hyps if m == method and updates == "5400")
+        short, long = ([bleu[method, seed, updates] for seed in seeds] for updates in ("3600", "5400"))
+        print(f"{method:<10} {','.join(map(str, seeds)):<8} {mean_std(short):>16} {mean_std(long):>16} "
+              f"{statistics.mean(long) - statistics.mean(short):>+7.2f}")
+    for seed in sorted({seed for _, seed, _ in hyps}):
+        for updates in ("3600", "5400"):
+            pair = ("word-kd", seed, updates), ("tie-kd", seed, updates)
+            if all(key in hyps for key in pair):
+                p_ar = paired_significance(hyps[pair[0]], hyps[pair[1]], refs)["bleu"]["p_ar"]
+                print(f"TIE-KD - Word-KD, seed {seed}, {updates} updates: {bleu[pair[1]] - bleu[pair[0]]:+.2f} "
+                      f"({bleu[pair[1]]:.2f} against {bleu[pair[0]]:.2f}, AR p = {p_ar:.3f})")
+
+
+def mean_std(values: list[float]) -> str:
+    """'40.13 ± 0.73' (sample std), or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def draw(curves: dict, path: Path) -> None:

@@ -4,8 +4,10 @@
 # except for a 5,400-update schedule (the linear decay stretched to the new end), against their 3,600-update
 # rows (docs/RESULTS.md, "The reading", convergence bullet). Resumable: rerun the same command after an
 # interruption and each run goes on from its newest checkpoint; a finished run is skipped.
-# Runs the pinned table code (worktree at 9641b41, like every row) on the table's data and teacher;
-# one one-thread process per method, side by side.
+# Runs the pinned table code (worktree at 9641b41, like every row) on the table's data and teacher.
+# WORKERS one-thread processes (default 2, one per core) take the rows in the order given; each row is
+# locked while it trains (flock on <row>-5400.lock), so a second driver started beside this one, or a
+# worker reaching a row another holds, skips it instead of training it twice.
 set -e
 PY=${PY:-/work/main/.venv/bin/python}
 CODE=${CODE:-/work/bg/tiekd-students}       # git worktree at 9641b41
@@ -14,6 +16,7 @@ OUT=${OUT:-/work/bg/runs/schedule_check}
 REF=${REF:-/work/shared/data/multi30k/test_2016_flickr.en}
 SRC=${SRC:-/work/shared/data/multi30k/test_2016_flickr.de}
 KEEP=${KEEP:-$(cd "$(dirname "$0")" && pwd)}  # where finished results are copied
+WORKERS=${WORKERS:-2}
 export OMP_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456
 cd "$CODE"
 one() {  # $1 row folder name in the table, $2 subcommand (train or distill)
@@ -23,18 +26,36 @@ one() {  # $1 row folder name in the table, $2 subcommand (train or distill)
   mkdir -p "$OUT/$row-5400"
   local resume=""; [ -f "$run/config.yaml" ] && resume=--resume  # a run folder without a checkpoint resumes from update 0
   $PY -m tiekd $command --config "$TABLE/students/$row/run/config.yaml" --out "$run" --max-updates 5400 $resume \
-    > "$OUT/$row-5400/train.log" 2>&1
-  $PY -m tiekd average "$run" --last 5 --out "$model" --overwrite
-  $PY -m tiekd translate --model "$model" --input "$SRC" --output "$OUT/$row-5400/test_2016_flickr.hyp" --beam 4 --lenpen 0.6 --quiet
+    > "$OUT/$row-5400/train.log" 2>&1 || return 1
+  # each step says `|| return 1` itself: `set -e` does not act inside a function called from `||`
+  $PY -m tiekd average "$run" --last 5 --out "$model" --overwrite || return 1
+  $PY -m tiekd translate --model "$model" --input "$SRC" --output "$OUT/$row-5400/test_2016_flickr.hyp" --beam 4 \
+    --lenpen 0.6 --quiet || return 1
+  # scores.txt is written under another name first: its presence marks the row finished
   $PY -m tiekd evaluate --hyp "$OUT/$row-5400/test_2016_flickr.hyp" --baseline-hyp "$TABLE/students/$row/test_2016_flickr.hyp" \
-    --ref "$REF" > "$OUT/$row-5400/scores.txt" 2>&1
+    --ref "$REF" > "$OUT/$row-5400/scores.partial" 2>&1 || return 1
+  mv "$OUT/$row-5400/scores.partial" "$OUT/$row-5400/scores.txt"
   mkdir -p "$KEEP/$row-5400" && cp "$OUT/$row-5400/scores.txt" "$OUT/$row-5400/test_2016_flickr.hyp" "$run/metrics.jsonl" \
     "$run/config.yaml" "$KEEP/$row-5400/"
 }
-# Rows as <table row folder>:<subcommand>, one process each; the default is the first pair measured.
+locked() {  # run `one` for a row unless another process holds its lock; $1 row, $2 subcommand
+  mkdir -p "$OUT"
+  (
+    flock -n 9 || { echo "$1: trained by another process, skipped"; exit 0; }
+    one "$1" "$2" && echo "$1: done"  # a failure returns non-zero to the worker, which says so
+  ) 9> "$OUT/$1-5400.lock"
+}
+worker() {  # walk every row; finished rows and rows locked by another worker are skipped
+  for spec in "$@"; do
+    locked "${spec%%:*}" "${spec##*:}" ||
+      echo "${spec%%:*}: failed, see $OUT/${spec%%:*}-5400/train.log; rerun the same command to resume it"
+  done
+}
+# Rows as <table row folder>:<subcommand>; the default is the first pair measured.
 [ $# -eq 0 ] && set -- no-kd-tiny-seed1:train word-kd-tiny-seed1:distill
-for spec in "$@"; do
-  one "${spec%%:*}" "${spec##*:}" &
+for ((index = 0; index < WORKERS; index++)); do
+  worker "$@" &
+  sleep 2  # let this worker take its row's lock before the next one looks
 done
 wait
 echo done
