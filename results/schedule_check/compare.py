@@ -12,14 +12,17 @@ It also draws validation BLEU and nll against the share of the schedule done (``
 schedules decay the learning rate linearly to zero at their own end and so are comparable by share, not
 by update number. Each rerun's paired test against its own 3,600-update row is ``<row>-5400/scores.txt``
 (written by the script); this script adds the test view across methods: test BLEU per method and schedule
-(mean ± sample std over the seeds finished at 5,400, each against the same seeds at 3,600) and, for every
-seed with both, TIE-KD against Word-KD at each schedule with sacreBLEU's paired approximate-randomization p.
+(mean ± sample std over the seeds finished at 5,400, each against the same seeds at 3,600) and TIE-KD
+against Word-KD at each schedule: per seed with sacreBLEU's paired approximate-randomization p (which
+measures only the test sentences' sampling noise for two given models), and over seeds with the paired
+t-test (which also carries the training runs' seed noise, the question "is the method better").
 
     python results/schedule_check/compare.py [--table /work/bg/runs/converged/students] [--check /work/bg/runs/schedule_check]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -119,10 +122,10 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
     refs = read_lines(ref)
     hyps: dict[tuple[str, int, str], list[str]] = {}
     for row in rows:
-        finished = check / f"{row}-5400" / HYP
-        if finished.exists():  # a method's seed enters the view only once its 5,400 run is translated
+        finished = check / f"{row}-5400"
+        if (finished / "scores.txt").exists():  # the script's mark of a finished row
             method, seed = split_row(row)
-            hyps[method, seed, "5400"] = read_lines(finished)
+            hyps[method, seed, "5400"] = read_lines(finished / HYP)
             hyps[method, seed, "3600"] = read_lines(table / row / HYP)
     bleu = {key: BLEU().corpus_score(lines, [refs]).score for key, lines in hyps.items()}
     print(f"{'method':<10} {'seeds':<8} {'test BLEU 3,600':>16} {'test BLEU 5,400':>16} {'change':>7}")
@@ -131,13 +134,39 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
         short, long = ([bleu[method, seed, updates] for seed in seeds] for updates in ("3600", "5400"))
         print(f"{method:<10} {','.join(map(str, seeds)):<8} {mean_std(short):>16} {mean_std(long):>16} "
               f"{statistics.mean(long) - statistics.mean(short):>+7.2f}")
-    for seed in sorted({seed for _, seed, _ in hyps}):
-        for updates in ("3600", "5400"):
-            pair = ("word-kd", seed, updates), ("tie-kd", seed, updates)
-            if all(key in hyps for key in pair):
-                p_ar = paired_significance(hyps[pair[0]], hyps[pair[1]], refs)["bleu"]["p_ar"]
-                print(f"TIE-KD - Word-KD, seed {seed}, {updates} updates: {bleu[pair[1]] - bleu[pair[0]]:+.2f} "
-                      f"({bleu[pair[1]]:.2f} against {bleu[pair[0]]:.2f}, AR p = {p_ar:.3f})")
+    for updates in ("3600", "5400"):
+        seeds = [seed for seed in sorted({seed for _, seed, _ in hyps})
+                 if ("word-kd", seed, updates) in hyps and ("tie-kd", seed, updates) in hyps]
+        if not seeds:
+            continue
+        print(f"TIE-KD - Word-KD at {updates} updates:")
+        differences = []
+        for seed in seeds:
+            word, tie = hyps["word-kd", seed, updates], hyps["tie-kd", seed, updates]
+            differences.append(bleu["tie-kd", seed, updates] - bleu["word-kd", seed, updates])
+            p_ar = paired_significance(word, tie, refs)["bleu"]["p_ar"]
+            print(f"  seed {seed}: {differences[-1]:+.2f} ({bleu['tie-kd', seed, updates]:.2f} against "
+                  f"{bleu['word-kd', seed, updates]:.2f}; AR p = {p_ar:.3f}, test-sentence noise only)")
+        print(f"  over seeds {','.join(map(str, seeds))}: {seed_test(differences)}")
+
+
+def seed_test(differences: list[float]) -> str:
+    """Mean ± sample std of the same-seed differences and the paired t-test over seeds, the test of the
+    method rather than of one training run: t = mean / (std / sqrt(n)) with n - 1 degrees of freedom.
+    Two-sided p in closed form for the 1 and 2 degrees of freedom that 2 and 3 seeds give (Student t
+    with 1 d.o.f. is the Cauchy: p = 1 - (2/pi) atan|t|; with 2: p = 1 - |t| / sqrt(2 + t^2)), so no
+    scipy is needed; more seeds print t alone."""
+    count = len(differences)
+    mean = statistics.mean(differences)
+    if count < 2:
+        return f"{mean:+.2f} (one seed: no test over seeds)"
+    spread = statistics.stdev(differences)
+    if spread == 0:
+        return f"{mean:+.2f} ± 0.00 (no spread: no test)"
+    t = mean / (spread / math.sqrt(count))
+    p = {2: 1 - 2 / math.pi * math.atan(abs(t)), 3: 1 - abs(t) / math.sqrt(2 + t * t)}.get(count)
+    shown = f", p = {p:.2f}" if p is not None else ""
+    return f"{mean:+.2f} ± {spread:.2f} (paired t over seeds: t = {t:.2f}, {count - 1} d.o.f.{shown})"
 
 
 def mean_std(values: list[float]) -> str:
