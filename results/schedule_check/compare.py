@@ -114,9 +114,7 @@ def split_row(row: str) -> tuple[str, int]:
 def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
     """Test BLEU per method and schedule over the seeds finished at 5,400, and TIE-KD against Word-KD per
     seed at both schedules (sacreBLEU paired approximate randomization, 10,000 trials)."""
-    from sacrebleu.metrics import BLEU
-
-    from tiekd.evaluate import paired_significance
+    from tiekd.evaluate import paired_significance, score
     from tiekd.io import read_lines
 
     refs = read_lines(ref)
@@ -127,7 +125,7 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
             method, seed = split_row(row)
             hyps[method, seed, "5400"] = read_lines(finished / HYP)
             hyps[method, seed, "3600"] = read_lines(table / row / HYP)
-    bleu = {key: BLEU().corpus_score(lines, [refs]).score for key, lines in hyps.items()}
+    bleu = {key: score(lines, refs)["bleu"] for key, lines in hyps.items()}
     print(f"{'method':<10} {'seeds':<8} {'test BLEU 3,600':>16} {'test BLEU 5,400':>16} {'change':>7}")
     for method in sorted({key[0] for key in hyps}):
         seeds = sorted(seed for m, seed, updates in hyps if m == method and updates == "5400")
