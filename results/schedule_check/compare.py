@@ -17,6 +17,11 @@ against Word-KD at each schedule: per seed with sacreBLEU's paired approximate-r
 measures only the test sentences' sampling noise for two given models), and over seeds with the paired
 t-test (which also carries the training runs' seed noise, the question "is the method better").
 
+Last, the equal-compute view of the finished seeds (issue 10 item 4): each method and schedule priced in
+CPU core-hours with the per-update costs measured side by side (``update_costs_2026-12-04.json`` of the
+table, via ``tiekd.compute_view``), printed and drawn as test BLEU against core-hours
+(``test_bleu_by_core_hours.png``, every seed a dot, the teacher a line).
+
     python results/schedule_check/compare.py [--table /work/bg/runs/converged/students] [--check /work/bg/runs/schedule_check]
 """
 from __future__ import annotations
@@ -32,6 +37,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_ROWS = ["no-kd-tiny-seed1", "word-kd-tiny-seed1"]
 TEST_REF = HERE.parents[2] / "shared" / "data" / "multi30k" / "test_2016_flickr.en"
 HYP = "test_2016_flickr.hyp"
+TABLE = HERE.parent / "converged"
+UPDATE_COSTS = TABLE / "update_costs_2026-12-04.json"
+TEACHER_HYP = TABLE / "teacher" / "eval" / HYP
+SCHEDULES = ("3600", "5400")
 
 
 def mean_up_to(records: list[dict], end_step: int, key: str, count: int = 3) -> float:
@@ -68,11 +77,14 @@ def run_folder(folder: Path) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", type=Path, default=HERE.parent / "converged" / "students",
+    parser.add_argument("--table", type=Path, default=TABLE / "students",
                         help="folder of the table's student rows (each <row>/run/metrics.jsonl)")
     parser.add_argument("--check", type=Path, default=HERE,
                         help="folder of the reruns (each <row>-5400/metrics.jsonl or run/metrics.jsonl)")
     parser.add_argument("--plot", type=Path, default=HERE / "curves.png")
+    parser.add_argument("--compute-plot", type=Path, default=HERE / "test_bleu_by_core_hours.png")
+    parser.add_argument("--costs", type=Path, default=UPDATE_COSTS,
+                        help="bench_train_step.py --json output: CPU seconds per update of each objective")
     parser.add_argument("--ref", type=Path, default=TEST_REF, help="test_2016_flickr.en of Multi30k")
     args = parser.parse_args()
     # every rerun found in --check (running ones too), else the first pair measured
@@ -100,7 +112,9 @@ def main() -> None:
         print(f"curves: {args.plot}")
     if args.ref.exists():
         print()
-        test_view(rows, args.table, args.check, args.ref)
+        finished = test_view(rows, args.table, args.check, args.ref)
+        if finished:
+            compute_view(finished, args.table, args.check, args.costs, args.compute_plot)
     else:
         print(f"(no test view: references {args.ref} not found; pass --ref)")
 
@@ -111,9 +125,12 @@ def split_row(row: str) -> tuple[str, int]:
     return method.removesuffix("-tiny"), int(seed)
 
 
-def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
-    """Test BLEU per method and schedule over the seeds finished at 5,400, and TIE-KD against Word-KD per
-    seed at both schedules (sacreBLEU paired approximate randomization, 10,000 trials)."""
+def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> dict[tuple[str, int, str], float]:
+    """Test BLEU per method and schedule over the seeds finished at 5,400 (against the same seeds at
+    3,600), and TIE-KD against Word-KD per seed at each schedule over the seeds both have there (at 3,600
+    every table seed: the table's comparison) with sacreBLEU's paired approximate randomization (10,000
+    trials). Returns the test BLEU of each (method, seed, updates) found, plus ("teacher", 0, "") when
+    the teacher's outputs are found."""
     from tiekd.evaluate import paired_significance, score
     from tiekd.io import read_lines
 
@@ -124,15 +141,24 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
         if (finished / "scores.txt").exists():  # the script's mark of a finished row
             method, seed = split_row(row)
             hyps[method, seed, "5400"] = read_lines(finished / HYP)
-            hyps[method, seed, "3600"] = read_lines(table / row / HYP)
+    # every table seed of the rerun methods at 3,600, finished at 5,400 or not: the table's own comparison
+    for method in {split_row(row)[0] for row in rows}:
+        for folder in sorted(table.glob(f"{method}-tiny-seed*")):
+            if (folder / HYP).exists():
+                hyps[method, split_row(folder.name)[1], "3600"] = read_lines(folder / HYP)
     bleu = {key: score(lines, refs)["bleu"] for key, lines in hyps.items()}
-    print(f"{'method':<10} {'seeds':<8} {'test BLEU 3,600':>16} {'test BLEU 5,400':>16} {'change':>7}")
+    print(f"{'method':<10} {'seeds at 5,400':<14} {'test BLEU 3,600':>16} {'test BLEU 5,400':>16} {'change':>7}"
+          f"   {'3,600, every table seed':>24}")
     for method in sorted({key[0] for key in hyps}):
+        every = [bleu[key] for key in sorted(hyps) if key[0] == method and key[2] == "3600"]
         seeds = sorted(seed for m, seed, updates in hyps if m == method and updates == "5400")
-        short, long = ([bleu[method, seed, updates] for seed in seeds] for updates in ("3600", "5400"))
-        print(f"{method:<10} {','.join(map(str, seeds)):<8} {mean_std(short):>16} {mean_std(long):>16} "
-              f"{statistics.mean(long) - statistics.mean(short):>+7.2f}")
-    for updates in ("3600", "5400"):
+        if not seeds:
+            print(f"{method:<10} {'none yet':<14} {'':>16} {'':>16} {'':>7}   {mean_std(every):>24}")
+            continue
+        short, long = ([bleu[method, seed, updates] for seed in seeds] for updates in SCHEDULES)
+        print(f"{method:<10} {','.join(map(str, seeds)):<14} {mean_std(short):>16} {mean_std(long):>16} "
+              f"{statistics.mean(long) - statistics.mean(short):>+7.2f}   {mean_std(every):>24}")
+    for updates in SCHEDULES:
         seeds = [seed for seed in sorted({seed for _, seed, _ in hyps})
                  if ("word-kd", seed, updates) in hyps and ("tie-kd", seed, updates) in hyps]
         if not seeds:
@@ -146,6 +172,84 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> None:
             print(f"  seed {seed}: {differences[-1]:+.2f} ({bleu['tie-kd', seed, updates]:.2f} against "
                   f"{bleu['word-kd', seed, updates]:.2f}; AR p = {p_ar:.3f}, test-sentence noise only)")
         print(f"  over seeds {','.join(map(str, seeds))}: {seed_test(differences)}")
+    if hyps and TEACHER_HYP.exists():
+        bleu["teacher", 0, ""] = score(read_lines(TEACHER_HYP), refs)["bleu"]
+    return bleu
+
+
+def row_name(method: str, seed: int) -> str:
+    """('word-kd', 2) -> 'word-kd-tiny-seed2', the inverse of split_row."""
+    return f"{method}-tiny-seed{seed}"
+
+
+def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Path, costs_path: Path,
+                 plot: Path) -> None:
+    """Test BLEU against training core-hours for each method and schedule of the finished seeds.
+
+    core-hours(run) = sum over its updates of the measured CPU seconds per update of its objective
+    (tiekd.compute_view.updates_cost) / 3600: one machine's side-by-side costs, so the runs compare
+    although they were trained on several machines. Validation and checkpoint averaging are not counted.
+    """
+    from tiekd.compute_view import load_update_costs, run_settings, updates_cost
+
+    costs = load_update_costs(costs_path)
+    if costs is None:
+        print(f"(no equal-compute view: {costs_path} not found; pass --costs)")
+        return
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for (method, seed, updates), value in bleu.items():
+        if method == "teacher":
+            continue
+        folder = run_folder(table / row_name(method, seed) if updates == "3600"
+                            else check / f"{row_name(method, seed)}-5400")
+        settings = run_settings(folder)
+        problem = costs.problem(settings)
+        if problem:
+            print(f"(not priced: {method} seed {seed}, {updates} updates: {problem})")
+            continue
+        points.setdefault((method, updates), []).append((updates_cost(settings, int(updates), costs) / 3600, value))
+    print()
+    print(f"Equal compute (core-hours at the costs of {costs_path.name}):")
+    print(f"{'method':<10} {'updates':>7} {'core-h per seed':>15} {'seeds':>5} {'test BLEU':>14}")
+    for (method, updates), found in sorted(points.items(), key=lambda item: statistics.mean(p[0] for p in item[1])):
+        print(f"{method:<10} {updates:>7} {statistics.mean(p[0] for p in found):>15.2f} {len(found):>5} "
+              f"{mean_std([p[1] for p in found]):>14}")
+    draw_compute(points, bleu.get(("teacher", 0, "")), plot)
+    print(f"plot: {plot}")
+
+
+def draw_compute(points: dict[tuple[str, str], list[tuple[float, float]]], teacher: float | None,
+                 path: Path) -> None:
+    """Every seed a dot, each method's seed mean a larger marker, its two schedules joined by a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    methods = sorted({method for method, _ in points})
+    for index, method in enumerate(methods):
+        colour = f"C{index % 10}"
+        means = []
+        for updates in SCHEDULES:
+            found = points.get((method, updates), [])
+            if not found:
+                continue
+            hours = statistics.mean(p[0] for p in found)
+            axis.scatter([p[0] for p in found], [p[1] for p in found], color=colour, alpha=0.45, s=18)
+            means.append((hours, statistics.mean(p[1] for p in found)))
+            axis.annotate(f"{int(updates):,}", means[-1], textcoords="offset points", xytext=(6, -10),
+                          fontsize=7, color=colour)
+        axis.plot(*zip(*means), "o-", color=colour, markersize=7, label=f"{method} (seed mean)")
+    if teacher is not None:
+        axis.axhline(teacher, color="black", linewidth=0.8, linestyle=":", label=f"teacher ({teacher:.2f})")
+    axis.set(xlabel="training CPU core-hours per seed (measured per-update costs)",
+             ylabel="test BLEU (test_2016_flickr, beam 4)", xlim=(0, None))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    axis.set_title("Equal compute: 3,600 and 5,400 updates, every seed a dot", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def seed_test(differences: list[float]) -> str:
@@ -175,29 +279,36 @@ def mean_std(values: list[float]) -> str:
 
 
 def draw(curves: dict, path: Path) -> None:
+    """Validation BLEU (top) and nll (bottom) against the share of the schedule done: one column per
+    method, one colour per seed, dashed 3,600 and solid 5,400 updates."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (bleu_axis, nll_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = sorted({label for label, _ in curves})
-    colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}
+    methods = sorted({label.rsplit("-seed", 1)[0] for label, _ in curves})
+    figure, axes = plt.subplots(2, len(methods), figsize=(4.2 * len(methods), 6.5), squeeze=False,
+                                sharey="row")
     styles = {"3600": "--", "5400": "-"}
-    for (label, updates), (records, total) in curves.items():
+    for (label, updates), (records, total) in sorted(curves.items()):
+        method, seed = label.rsplit("-seed", 1)
+        column = methods.index(method)
         share = [r["step"] / total for r in records]
-        for axis, key in ((bleu_axis, "bleu"), (nll_axis, "nll")):
-            axis.plot(share, [r[key] for r in records], styles[updates], color=colours[label],
-                      label=f"{label}, {updates} updates")
-    bleu_axis.set(xlabel="share of the schedule done", ylabel="validation BLEU (greedy)", ylim=(30, None))
-    nll_axis.set(xlabel="share of the schedule done", ylabel="validation nll", ylim=(None, 2.2))
-    for axis in (bleu_axis, nll_axis):
-        axis.axvline(0.75, color="black", linewidth=0.5)
-        axis.grid(alpha=0.3)
-    bleu_axis.legend(fontsize=8)
+        for row, key in enumerate(("bleu", "nll")):
+            axes[row][column].plot(share, [r[key] for r in records], styles[updates], color=f"C{int(seed) - 1}",
+                                   linewidth=1.1, label=f"seed {seed}, {updates} updates")
+    for column, method in enumerate(methods):
+        axes[0][column].set_title(method)
+        axes[0][column].legend(fontsize=7)
+        axes[1][column].set_xlabel("share of the schedule done")
+        for row in range(2):
+            axes[row][column].axvline(0.75, color="black", linewidth=0.5)
+            axes[row][column].grid(alpha=0.3)
+    axes[0][0].set(ylabel="validation BLEU (greedy)", ylim=(30, None))
+    axes[1][0].set(ylabel="validation nll", ylim=(None, 2.2))
     figure.suptitle("3,600 against 5,400 updates (linear decay to zero at each schedule's end)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-
+    plt.close(figure)
 
 if __name__ == "__main__":
     main()
