@@ -41,6 +41,8 @@ TABLE = HERE.parent / "converged"
 UPDATE_COSTS = TABLE / "update_costs_2026-12-04.json"
 TEACHER_HYP = TABLE / "teacher" / "eval" / HYP
 SCHEDULES = ("3600", "5400")
+TEST_SETS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco", "test_2018_flickr")
+TEACHER_OTHER_SETS = HERE / "teacher"  # other_test_sets.sh's outputs of the teacher
 
 
 def mean_up_to(records: list[dict], end_step: int, key: str, count: int = 3) -> float:
@@ -115,6 +117,7 @@ def main() -> None:
         finished = test_view(rows, args.table, args.check, args.ref)
         if finished:
             compute_view(finished, args.table, args.check, args.costs, args.compute_plot)
+            other_sets_view(rows, args.check, args.ref.parent)
     else:
         print(f"(no test view: references {args.ref} not found; pass --ref)")
 
@@ -175,6 +178,57 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> dict[tupl
     if hyps and TEACHER_HYP.exists():
         bleu["teacher", 0, ""] = score(read_lines(TEACHER_HYP), refs)["bleu"]
     return bleu
+
+
+def other_sets_view(rows: list[str], check: Path, data: Path) -> None:
+    """The 5,400-update rows and the teacher on Multi30k's four test sets (other_test_sets.sh), and TIE-KD
+    against Word-KD per seed on all of them pooled (3,532 sentences: corpus BLEU of the concatenation,
+    with sacreBLEU's paired approximate randomization), then over seeds (paired t)."""
+    from tiekd.evaluate import paired_significance, score
+    from tiekd.io import read_lines
+
+    refs = {name: read_lines(data / f"{name}.en") for name in TEST_SETS if (data / f"{name}.en").exists()}
+    if len(refs) < len(TEST_SETS):
+        print(f"(no view over the four test sets: their references are not all in {data})")
+        return
+    outputs: dict[tuple[str, int], dict[str, list[str]]] = {}
+    for row in rows:
+        folder = check / f"{row}-5400"
+        if (folder / "scores.txt").exists() and all((folder / f"{name}.hyp").exists() for name in TEST_SETS):
+            outputs[split_row(row)] = {name: read_lines(folder / f"{name}.hyp") for name in TEST_SETS}
+    teacher = {TEST_SETS[0]: TEACHER_HYP, **{name: TEACHER_OTHER_SETS / f"{name}.hyp" for name in TEST_SETS[1:]}}
+    if all(path.exists() for path in teacher.values()):
+        outputs["teacher", 0] = {name: read_lines(path) for name, path in teacher.items()}
+    if len(outputs) < 2:
+        return
+
+    def pooled(hyps: dict[str, list[str]]) -> list[str]:
+        return [line for name in TEST_SETS for line in hyps[name]]
+
+    all_refs = pooled(refs)
+    bleu = {(key, name): score(hyps[name], refs[name])["bleu"] for key, hyps in outputs.items() for name in TEST_SETS}
+    bleu.update({(key, "all"): score(pooled(hyps), all_refs)["bleu"] for key, hyps in outputs.items()})
+    columns = [*TEST_SETS, "all"]
+    print()
+    print(f"Test BLEU on Multi30k's four test sets, 5,400-update rows (all: the {len(all_refs):,} sentences pooled):")
+    print(f"{'method':<10} {'seeds':<6} " + " ".join(f"{name.removeprefix('test_'):>14}" for name in columns))
+    order = {"no-kd": 0, "word-kd": 1, "tie-kd": 2, "teacher": 3}  # any other method after these, by name
+    for method in sorted({method for method, _ in outputs}, key=lambda m: (order.get(m, len(order)), m)):
+        seeds = sorted(seed for m, seed in outputs if m == method)
+        cells = [mean_std([bleu[(method, seed), name] for seed in seeds]) for name in columns]
+        shown = "" if method == "teacher" else ",".join(map(str, seeds))
+        print(f"{method:<10} {shown:<6} " + " ".join(f"{cell:>14}" for cell in cells))
+    seeds = sorted(seed for method, seed in outputs if method == "tie-kd" and ("word-kd", seed) in outputs)
+    if not seeds:
+        return
+    print(f"TIE-KD - Word-KD at 5400 updates, all {len(all_refs):,} sentences:")
+    differences = []
+    for seed in seeds:
+        word, tie = pooled(outputs["word-kd", seed]), pooled(outputs["tie-kd", seed])
+        differences.append(bleu[("tie-kd", seed), "all"] - bleu[("word-kd", seed), "all"])
+        p_ar = paired_significance(word, tie, all_refs)["bleu"]["p_ar"]
+        print(f"  seed {seed}: {differences[-1]:+.2f} (AR p = {p_ar:.3f}, test-sentence noise only)")
+    print(f"  over seeds {','.join(map(str, seeds))}: {seed_test(differences)}")
 
 
 def row_name(method: str, seed: int) -> str:
