@@ -143,6 +143,9 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> dict[tupl
         finished = check / f"{row}-5400"
         if (finished / "scores.txt").exists():  # the script's mark of a finished row
             method, seed = split_row(row)
+            if not (table / row / HYP).exists():
+                print(f"(skipped {row}: its 3,600-update row has no {table / row / HYP})")
+                continue
             hyps[method, seed, "5400"] = read_lines(finished / HYP)
     # every table seed of the rerun methods at 3,600, finished at 5,400 or not: the table's own comparison
     for method in {split_row(row)[0] for row in rows}:
@@ -200,6 +203,8 @@ def other_sets_view(rows: list[str], check: Path, data: Path) -> None:
     if all(path.exists() for path in teacher.values()):
         outputs["teacher", 0] = {name: read_lines(path) for name, path in teacher.items()}
     if len(outputs) < 2:
+        print(f"\n(no view over the four test sets: fewer than two systems have their outputs in {check}"
+              " and the teacher's in results/schedule_check/teacher; run other_test_sets.sh)")
         return
 
     def pooled(hyps: dict[str, list[str]]) -> list[str]:
@@ -238,11 +243,13 @@ def row_name(method: str, seed: int) -> str:
 
 def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Path, costs_path: Path,
                  plot: Path) -> None:
-    """Test BLEU against training core-hours for each method and schedule of the finished seeds.
+    """Test BLEU against training core-hours for each method and schedule.
 
     core-hours(run) = sum over its updates of the measured CPU seconds per update of its objective
     (tiekd.compute_view.updates_cost) / 3600: one machine's side-by-side costs, so the runs compare
-    although they were trained on several machines. Validation and checkpoint averaging are not counted.
+    although they were trained on several machines. Validation, checkpoint averaging and the teacher's
+    own training are not counted. A method's means are over its paired seeds (those finished at 5,400,
+    at both schedules; every table seed while none has finished), so a mean moves only by the schedule.
     """
     from tiekd.compute_view import load_update_costs, run_settings, updates_cost
 
@@ -250,56 +257,78 @@ def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Pa
     if costs is None:
         print(f"(no equal-compute view: {costs_path} not found; pass --costs)")
         return
-    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    points: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}  # {(method, updates): {seed: (h, BLEU)}}
     for (method, seed, updates), value in bleu.items():
         if method == "teacher":
             continue
         folder = run_folder(table / row_name(method, seed) if updates == "3600"
                             else check / f"{row_name(method, seed)}-5400")
+        if folder is None or not (folder / "config.yaml").is_file():
+            print(f"(not priced: {method} seed {seed}, {updates} updates: no run folder with config.yaml)")
+            continue
         settings = run_settings(folder)
         problem = costs.problem(settings)
         if problem:
             print(f"(not priced: {method} seed {seed}, {updates} updates: {problem})")
             continue
-        points.setdefault((method, updates), []).append((updates_cost(settings, int(updates), costs) / 3600, value))
+        points.setdefault((method, updates), {})[seed] = (updates_cost(settings, int(updates), costs) / 3600, value)
+    paired = {method: sorted(points.get((method, "5400"), {})) or sorted(points.get((method, "3600"), {}))
+              for method, _ in points}
     print()
-    print(f"Equal compute (core-hours at the costs of {costs_path.name}):")
-    print(f"{'method':<10} {'updates':>7} {'core-h per seed':>15} {'seeds':>5} {'test BLEU':>14}")
-    for (method, updates), found in sorted(points.items(), key=lambda item: statistics.mean(p[0] for p in item[1])):
-        print(f"{method:<10} {updates:>7} {statistics.mean(p[0] for p in found):>15.2f} {len(found):>5} "
-              f"{mean_std([p[1] for p in found]):>14}")
-    draw_compute(points, bleu.get(("teacher", 0, "")), plot)
+    print(f"Equal compute (core-hours at the costs of {costs_path.name}; means over the paired seeds):")
+    print(f"{'method':<10} {'updates':>7} {'core-h per seed':>15} {'seeds':>6} {'test BLEU':>14}")
+    for (method, updates), found in sorted(points.items(), key=lambda item: mean_of(item[1], 0)):
+        chosen = {seed: found[seed] for seed in paired[method] if seed in found}
+        if chosen:
+            print(f"{method:<10} {updates:>7} {mean_of(chosen, 0):>15.2f} {','.join(map(str, chosen)):>6} "
+                  f"{mean_std([point[1] for point in chosen.values()]):>14}")
+    draw_compute(points, paired, bleu.get(("teacher", 0, "")), plot)
     print(f"plot: {plot}")
 
 
-def draw_compute(points: dict[tuple[str, str], list[tuple[float, float]]], teacher: float | None,
-                 path: Path) -> None:
-    """Every seed a dot, each method's seed mean a larger marker, its two schedules joined by a line."""
+def mean_of(found: dict[int, tuple[float, float]], index: int) -> float:
+    """Mean of element `index` (0 core-hours, 1 BLEU) over the seeds' points."""
+    return statistics.mean(point[index] for point in found.values())
+
+
+def draw_compute(points: dict[tuple[str, str], dict[int, tuple[float, float]]], paired: dict[str, list[int]],
+                 teacher: float | None, path: Path) -> None:
+    """Every seed a dot (hollow: a table seed not yet rerun at 5,400), each method's mean over its paired
+    seeds a larger marker, its two schedules joined by a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     methods = sorted({method for method, _ in points})
+    fixed = {"no-kd": "C0", "tie-kd": "C1", "word-kd": "C2"}  # the same colour as the rows finish
     for index, method in enumerate(methods):
-        colour = f"C{index % 10}"
+        colour = fixed.get(method, f"C{(index + 3) % 10}")
         means = []
         for updates in SCHEDULES:
-            found = points.get((method, updates), [])
-            if not found:
+            found = points.get((method, updates), {})
+            chosen = {seed: found[seed] for seed in paired[method] if seed in found}
+            if not chosen:
                 continue
-            hours = statistics.mean(p[0] for p in found)
-            axis.scatter([p[0] for p in found], [p[1] for p in found], color=colour, alpha=0.45, s=18)
-            means.append((hours, statistics.mean(p[1] for p in found)))
+            others = [point for seed, point in found.items() if seed not in chosen]
+            axis.scatter([p[0] for p in chosen.values()], [p[1] for p in chosen.values()], color=colour,
+                         alpha=0.45, s=18)
+            if others:
+                axis.scatter([p[0] for p in others], [p[1] for p in others], facecolors="none",
+                             edgecolors=colour, alpha=0.6, s=18)
+            means.append((mean_of(chosen, 0), mean_of(chosen, 1)))
             axis.annotate(f"{int(updates):,}", means[-1], textcoords="offset points", xytext=(6, -10),
                           fontsize=7, color=colour)
-        axis.plot(*zip(*means), "o-", color=colour, markersize=7, label=f"{method} (seed mean)")
+        seeds = ",".join(map(str, paired[method]))
+        shown = f"mean of seeds {seeds}" if len(paired[method]) > 1 else f"seed {seeds}"
+        axis.plot(*zip(*means), "o-", color=colour, markersize=7, label=f"{method} ({shown})")
     if teacher is not None:
-        axis.axhline(teacher, color="black", linewidth=0.8, linestyle=":", label=f"teacher ({teacher:.2f})")
-    axis.set(xlabel="training CPU core-hours per seed (measured per-update costs)",
+        axis.axhline(teacher, color="black", linewidth=0.8, linestyle=":",
+                     label=f"teacher ({teacher:.2f}; its training not counted)")
+    axis.set(xlabel="student training CPU core-hours per seed (measured per-update costs)",
              ylabel="test BLEU (test_2016_flickr, beam 4)", xlim=(0, None))
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=7, loc="lower right")
     axis.set_title("Equal compute: 3,600 and 5,400 updates, every seed a dot", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -349,7 +378,7 @@ def draw(curves: dict, path: Path) -> None:
         share = [r["step"] / total for r in records]
         for row, key in enumerate(("bleu", "nll")):
             axes[row][column].plot(share, [r[key] for r in records], styles[updates], color=f"C{int(seed) - 1}",
-                                   linewidth=1.1, label=f"seed {seed}, {updates} updates")
+                                   linewidth=1.1, label=f"seed {seed}, {int(updates):,} updates")
     for column, method in enumerate(methods):
         axes[0][column].set_title(method)
         axes[0][column].legend(fontsize=7)

@@ -5,8 +5,9 @@
 # Only the 5,400-update rows can be scored here: the table's 3,600-update students kept their test
 # outputs, not their models. Same decoding as the table (beam 4, length penalty 0.6) and the same pinned
 # code (worktree at 9641b41). Each finished row (its scores.txt, written last by longer_schedule.sh) gets
-# <set>.hyp beside its test_2016_flickr.hyp in KEEP; outputs already there are kept, so a rerun only
-# adds what is missing. About 55 s per model on one thread (Intel Xeon, 2026-12-06).
+# <set>.hyp beside its test_2016_flickr.hyp in KEEP; outputs already there and newer than the model are
+# kept, so a rerun only adds what is missing. About 55-85 s per model on one thread
+# (Intel Xeon, 2026-12-06, beside two training runs).
 set -e
 PY=${PY:-/work/main/.venv/bin/python}
 CODE=${CODE:-/work/bg/tiekd-students}       # git worktree at 9641b41
@@ -20,7 +21,8 @@ cd "$CODE"
 translate_sets() {  # $1 model folder, $2 folder for the outputs
   mkdir -p "$2"
   for set in $SETS; do
-    [ -s "$2/$set.hyp" ] && continue
+    # kept only if written after the model (a model averaged again gets new outputs)
+    [ -s "$2/$set.hyp" ] && [ "$2/$set.hyp" -nt "$1/model.safetensors" ] && continue
     # written beside, then moved: an interrupted run leaves no half output that a rerun would keep
     $PY -m tiekd translate --model "$1" --input "$DATA/$set.de" --output "$2/$set.hyp.partial" --beam 4 \
       --lenpen 0.6 --quiet
