@@ -55,15 +55,16 @@ locked() {  # run `one` for a row unless another process holds its lock; $1 row,
 worker() {  # walk every row; finished rows and rows locked by another worker are skipped; non-zero if any failed
   local failed=0
   for spec in "$@"; do
-    locked "${spec%%:*}" "${spec##*:}" || {
+    locked "${spec%:*}" "${spec##*:}" || {
       failed=1
-      echo "${spec%%:*}: failed (messages above; training's in $OUT/${spec%%:*}-5400/train.log)." \
+      echo "${spec%:*}: failed (messages above; training's in $OUT/${spec%:*}-5400/train.log)." \
         "Rerun the same command to resume it."
     }
   done
   return $failed
 }
-# Rows as <table row folder>:<subcommand>; the default is the first pair measured.
+# Rows as <table row folder>:<subcommand>, split at the last colon (some folders hold colons, e.g.
+# "ablation:-ranking-only-tiny-seed1:distill"); the default is the first pair measured.
 [ $# -eq 0 ] && set -- no-kd-tiny-seed1:train word-kd-tiny-seed1:distill
 workers=()
 for ((index = 0; index < WORKERS; index++)); do
