@@ -114,9 +114,9 @@ def main() -> None:
         print(f"curves: {args.plot}")
     if args.ref.exists():
         print()
-        finished = test_view(rows, args.table, args.check, args.ref)
-        if finished:
-            compute_view(finished, args.table, args.check, args.costs, args.compute_plot)
+        test_bleu = test_view(rows, args.table, args.check, args.ref)
+        if test_bleu:
+            compute_view(test_bleu, args.table, args.check, args.ref, args.costs, args.compute_plot)
             other_sets_view(rows, args.check, args.ref.parent)
     else:
         print(f"(no test view: references {args.ref} not found; pass --ref)")
@@ -132,9 +132,8 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> dict[tupl
     """Test BLEU per method and schedule over the seeds finished at 5,400 (against the same seeds at
     3,600), and TIE-KD against Word-KD per seed at each schedule over the seeds both have there (at 3,600
     every table seed: the table's comparison) with sacreBLEU's paired approximate randomization (10,000
-    trials). Returns the test BLEU of each (method, seed, updates) found, plus ("teacher", 0, "") when
-    the teacher's outputs are found."""
-    from tiekd.evaluate import paired_significance, score
+    trials). Returns the test BLEU of each (method, seed, updates) found."""
+    from tiekd.evaluate import score
     from tiekd.io import read_lines
 
     refs = read_lines(ref)
@@ -169,25 +168,34 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> dict[tupl
                  if ("word-kd", seed, updates) in hyps and ("tie-kd", seed, updates) in hyps]
         if not seeds:
             continue
-        print(f"TIE-KD - Word-KD at {updates} updates:")
-        differences = []
-        for seed in seeds:
-            word, tie = hyps["word-kd", seed, updates], hyps["tie-kd", seed, updates]
-            differences.append(bleu["tie-kd", seed, updates] - bleu["word-kd", seed, updates])
-            p_ar = paired_significance(word, tie, refs)["bleu"]["p_ar"]
-            print(f"  seed {seed}: {differences[-1]:+.2f} ({bleu['tie-kd', seed, updates]:.2f} against "
-                  f"{bleu['word-kd', seed, updates]:.2f}; AR p = {p_ar:.3f}, test-sentence noise only)")
-        print(f"  over seeds {','.join(map(str, seeds))}: {seed_test(differences)}")
-    if hyps and TEACHER_HYP.exists():
-        bleu["teacher", 0, ""] = score(read_lines(TEACHER_HYP), refs)["bleu"]
+        tie_against_word(f"TIE-KD - Word-KD at {updates} updates:", seeds, refs,
+                         lambda method, seed: hyps[method, seed, updates],
+                         lambda method, seed: bleu[method, seed, updates])
     return bleu
+
+
+def tie_against_word(title: str, seeds: list[int], refs: list[str], lines, bleu) -> None:
+    """Print TIE-KD minus Word-KD per seed with sacreBLEU's paired approximate-randomization p (10,000
+    trials; test-sentence noise only), then over seeds (seed_test). ``lines(method, seed)`` gives a
+    system's outputs, ``bleu(method, seed)`` its BLEU on ``refs``."""
+    from tiekd.evaluate import paired_significance
+
+    print(title)
+    differences = []
+    for seed in seeds:
+        tie, word = bleu("tie-kd", seed), bleu("word-kd", seed)
+        differences.append(tie - word)
+        p_ar = paired_significance(lines("word-kd", seed), lines("tie-kd", seed), refs)["bleu"]["p_ar"]
+        print(f"  seed {seed}: {tie - word:+.2f} ({tie:.2f} against {word:.2f}; AR p = {p_ar:.3f}, "
+              "test-sentence noise only)")
+    print(f"  over seeds {','.join(map(str, seeds))}: {seed_test(differences)}")
 
 
 def other_sets_view(rows: list[str], check: Path, data: Path) -> None:
     """The 5,400-update rows and the teacher on Multi30k's four test sets (other_test_sets.sh), and TIE-KD
     against Word-KD per seed on all of them pooled (3,532 sentences: corpus BLEU of the concatenation,
     with sacreBLEU's paired approximate randomization), then over seeds (paired t)."""
-    from tiekd.evaluate import paired_significance, score
+    from tiekd.evaluate import score
     from tiekd.io import read_lines
 
     refs = {name: read_lines(data / f"{name}.en") for name in TEST_SETS if (data / f"{name}.en").exists()}
@@ -226,14 +234,9 @@ def other_sets_view(rows: list[str], check: Path, data: Path) -> None:
     seeds = sorted(seed for method, seed in outputs if method == "tie-kd" and ("word-kd", seed) in outputs)
     if not seeds:
         return
-    print(f"TIE-KD - Word-KD at 5400 updates, all {len(all_refs):,} sentences:")
-    differences = []
-    for seed in seeds:
-        word, tie = pooled(outputs["word-kd", seed]), pooled(outputs["tie-kd", seed])
-        differences.append(bleu[("tie-kd", seed), "all"] - bleu[("word-kd", seed), "all"])
-        p_ar = paired_significance(word, tie, all_refs)["bleu"]["p_ar"]
-        print(f"  seed {seed}: {differences[-1]:+.2f} (AR p = {p_ar:.3f}, test-sentence noise only)")
-    print(f"  over seeds {','.join(map(str, seeds))}: {seed_test(differences)}")
+    tie_against_word(f"TIE-KD - Word-KD at 5400 updates, all {len(all_refs):,} sentences:", seeds, all_refs,
+                     lambda method, seed: pooled(outputs[method, seed]),
+                     lambda method, seed: bleu[(method, seed), "all"])
 
 
 def row_name(method: str, seed: int) -> str:
@@ -241,8 +244,8 @@ def row_name(method: str, seed: int) -> str:
     return f"{method}-tiny-seed{seed}"
 
 
-def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Path, costs_path: Path,
-                 plot: Path) -> None:
+def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Path, ref: Path,
+                 costs_path: Path, plot: Path) -> None:
     """Test BLEU against training core-hours for each method and schedule.
 
     core-hours(run) = sum over its updates of the measured CPU seconds per update of its objective
@@ -252,6 +255,8 @@ def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Pa
     at both schedules; every table seed while none has finished), so a mean moves only by the schedule.
     """
     from tiekd.compute_view import load_update_costs, run_settings, updates_cost
+    from tiekd.evaluate import score
+    from tiekd.io import read_lines
 
     costs = load_update_costs(costs_path)
     if costs is None:
@@ -259,8 +264,6 @@ def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Pa
         return
     points: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}  # {(method, updates): {seed: (h, BLEU)}}
     for (method, seed, updates), value in bleu.items():
-        if method == "teacher":
-            continue
         folder = run_folder(table / row_name(method, seed) if updates == "3600"
                             else check / f"{row_name(method, seed)}-5400")
         if folder is None or not (folder / "config.yaml").is_file():
@@ -282,7 +285,8 @@ def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Pa
         if chosen:
             print(f"{method:<10} {updates:>7} {mean_of(chosen, 0):>15.2f} {','.join(map(str, chosen)):>6} "
                   f"{mean_std([point[1] for point in chosen.values()]):>14}")
-    draw_compute(points, paired, bleu.get(("teacher", 0, "")), plot)
+    teacher = score(read_lines(TEACHER_HYP), read_lines(ref))["bleu"] if TEACHER_HYP.exists() else None
+    draw_compute(points, paired, teacher, plot)
     print(f"plot: {plot}")
 
 
@@ -392,6 +396,7 @@ def draw(curves: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
 
 if __name__ == "__main__":
     main()
