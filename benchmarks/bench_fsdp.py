@@ -119,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from tiekd.distributed import exit_process
+
     main()
+    exit_process(0)  # a rank skips interpreter shutdown, where leftover gloo threads can abort it (see there)

@@ -247,3 +247,28 @@ def test_fsdp_checkpoints_resume_sharded_or_replicated(prepared, tmp_path):
     assert not weights["model.shared.weight"][-1].any()  # the <pad> row (last id) stayed zero in the shards
     saved = checkpoint.load_trainer_state(run / "checkpoints" / "step_0000003")
     assert saved["optimizer_layout"] == "names" and saved["optimizer"]["state"]
+
+
+def test_a_rank_skips_interpreter_shutdown_yet_keeps_its_output_and_exit_code(tmp_path):
+    """A torchrun rank ends with os._exit (tiekd.distributed.exit_process): gloo threads that outlive the
+    destroyed process group can abort a finalizing interpreter. Its atexit handlers (a probe here) must not
+    run, what it printed into a pipe must still arrive, and its exit code must be kept; a single process
+    still shuts down normally."""
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("a cat sits on the mat\n" * 50)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, sys\natexit.register(lambda: sys.stderr.write('interpreter shutdown ran\\n'))\n")
+    single_env = {**ENV, "PYTHONPATH": str(probe)}
+    rank_env = {**single_env, "RANK": "1", "WORLD_SIZE": "2"}
+    evaluate = SINGLE + ["evaluate", "--hyp", str(hyp), "--ref", str(hyp)]
+    single = subprocess.run(evaluate, env=single_env, capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0 and "interpreter shutdown ran" in single.stderr  # the probe works
+    rank = subprocess.run(evaluate, env=rank_env, capture_output=True, text=True, timeout=120)
+    assert rank.returncode == 0, rank.stderr
+    assert "interpreter shutdown ran" not in rank.stderr
+    assert rank.stdout == single.stdout and rank.stdout.startswith("BLEU = 100.00")
+    missing = subprocess.run(evaluate[:-1] + [str(tmp_path / "missing.txt")], env=rank_env, capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2 and "missing.txt: no such file" in missing.stderr

@@ -1,7 +1,6 @@
 """`python -m tiekd` (and `torchrun -m tiekd`) run the CLI."""
 
-import sys
-
 from .cli import main
+from .distributed import exit_process
 
-sys.exit(main())
+exit_process(main())
