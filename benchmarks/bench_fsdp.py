@@ -119,7 +119,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tiekd.distributed import exit_process
+    from tiekd.distributed import run_and_exit
 
-    main()
-    exit_process(0)  # a rank skips interpreter shutdown, where leftover gloo threads can abort it (see there)
+    run_and_exit(main)  # a rank skips interpreter shutdown, where leftover gloo threads can abort it (see there)

@@ -1,6 +1,6 @@
 """`python -m tiekd` (and `torchrun -m tiekd`) run the CLI."""
 
 from .cli import main
-from .distributed import exit_process
+from .distributed import run_and_exit
 
-exit_process(main())
+run_and_exit(main)

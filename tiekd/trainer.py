@@ -225,11 +225,11 @@ class Trainer:
         config, state = self.config, self.state
         if not config.max_updates and not config.max_epochs:
             raise TiekdError("neither max_updates nor max_epochs is set. Fix: pass --max-updates or --max-epochs")
-        self.metrics.open_tensorboard()
         per_epoch = self._updates_per_epoch()
         if per_epoch == 0:
             raise TiekdError(f"{config.data}: too little training data for one update of {self.dist.world_size} "
                              "process(es). Fix: lower --max-tokens or --update-freq")
+        self.metrics.open_tensorboard()  # after the checks: the `finally` below closes it
         total = config.max_updates or per_epoch * config.max_epochs
         bar = tqdm(total=total, initial=state.step, desc="train", unit="upd", disable=self.quiet, dynamic_ncols=True)
         state.loss_window.started = time.perf_counter()  # a resumed window keeps its sums, not its clock
