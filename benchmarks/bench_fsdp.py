@@ -119,6 +119,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tiekd.distributed import run_and_exit
+    from tiekd.process_exit import run_and_exit
 
     run_and_exit(main)  # a rank skips interpreter shutdown, where leftover gloo threads can abort it (see there)

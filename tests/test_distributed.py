@@ -250,7 +250,7 @@ def test_fsdp_checkpoints_resume_sharded_or_replicated(prepared, tmp_path):
 
 
 def test_a_rank_skips_interpreter_shutdown_yet_keeps_its_output_and_exit_code(tmp_path):
-    """A torchrun rank ends with os._exit (tiekd.distributed.run_and_exit): gloo threads that outlive the
+    """A torchrun rank ends with os._exit (tiekd.process_exit.run_and_exit): gloo threads that outlive the
     destroyed process group can abort a finalizing interpreter. Its atexit handlers (a probe here) must not
     run, after a return or an error, yet what it printed into a pipe must still arrive, and its exit code
     must be kept; a single process still shuts down normally."""
@@ -269,6 +269,9 @@ def test_a_rank_skips_interpreter_shutdown_yet_keeps_its_output_and_exit_code(tm
     assert rank.returncode == 0, rank.stderr
     assert "interpreter shutdown ran" not in rank.stderr
     assert rank.stdout == single.stdout and rank.stdout.startswith("BLEU = 100.00")
+    console_script = [str(Path(sys.executable).with_name("tiekd"))] + evaluate[len(SINGLE):]  # `tiekd ...`
+    rank = subprocess.run(console_script, env=rank_env, capture_output=True, text=True, timeout=120)
+    assert rank.returncode == 0 and "interpreter shutdown ran" not in rank.stderr and rank.stdout == single.stdout
     missing = evaluate[:-1] + [str(tmp_path / "missing.txt")]
     for args, code, says in [(missing, 2, "missing.txt: no such file"),  # an error main() reports
                              (SINGLE + ["--debug"] + missing[len(SINGLE):], 1, "Traceback"),  # an error main() raises

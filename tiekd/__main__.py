@@ -1,6 +1,5 @@
 """`python -m tiekd` (and `torchrun -m tiekd`) run the CLI."""
 
-from .cli import main
-from .distributed import run_and_exit
+from .cli import run
 
-run_and_exit(main)
+run()

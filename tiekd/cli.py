@@ -242,5 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
+def run() -> typing.NoReturn:
+    """The `tiekd` command, `python -m tiekd` and `torchrun -m tiekd`: main, then the process's end
+    (a torchrun rank skips interpreter shutdown: tiekd.process_exit.run_and_exit)."""
+    from .process_exit import run_and_exit
+
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
