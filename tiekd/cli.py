@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import TiekdError
 from .malloc_tuning import tune_for_command
+from .process_exit import run_and_exit
 
 
 def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
@@ -245,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> typing.NoReturn:
     """The `tiekd` command, `python -m tiekd` and `torchrun -m tiekd`: main, then the process's end
     (a torchrun rank skips interpreter shutdown: tiekd.process_exit.run_and_exit)."""
-    from .process_exit import run_and_exit
-
     run_and_exit(main)
 
 

@@ -97,4 +97,3 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _long_wait_group = None
-
