@@ -10,7 +10,7 @@ import pytest
 
 def row(name, method, seed, bleu, size="micro", agreement=0.5, folder=""):
     scores = {test: {"bleu": bleu + offset, "chrf": 2 * bleu + offset, "tokenized_bleu": bleu + 1 + offset}
-              for test, offset in (("valid", 0.0), ("other", 10.0))}
+              for test, offset in (("valid", 0.0), ("other", 10.0), ("pooled", 5.0))}
     return {"name": name, "method": method, "size": size, "seed": seed, "folder": folder, "scores": scores,
             "analysis": {"top1_agreement": agreement, "teacher_gold_overlap": 0.1 * seed}}
 
@@ -38,7 +38,9 @@ def test_aggregate_reports_mean_and_sample_std_over_seeds():
     assert tie["valid:bleu"][1] == pytest.approx((sum((b - mean) ** 2 for b in bleu) / 2) ** 0.5)
     assert tie["other:chrf"][0] == pytest.approx(sum(2 * b + 10 for b in bleu) / 3)
     assert tie["valid:tokenized_bleu"][0] == pytest.approx(sum(b + 1 for b in bleu) / 3)
-    assert tie["main"] == tie["valid:bleu"]  # the first test set is the main one
+    # with two test sets the rows are compared on both pooled
+    assert tie["main"] == tie["pooled:bleu"] == pytest.approx((sum(bleu) / 3 + 5, statistics.stdev(bleu)))
+    assert aggregate({"students": rows}, SimpleNamespace(test_sets=["valid"]))[0]["main"] == tie["valid:bleu"]
     assert tie["top1_agreement"] == pytest.approx((0.7, statistics.stdev([0.7, 0.6, 0.8])))
     assert lines[1]["valid:bleu"] == (20.0, None)  # one seed: no spread to report
     # significance: mean difference over the seeds that have a test, each seed's listed by seed

@@ -66,6 +66,9 @@ class ExperimentConfig:
 
     name: str = "experiment"
     multi30k: str | None = None       # Multi30k folder (default: ../shared/data/multi30k or $TIEKD_MULTI30K_DIR)
+    # any other data (tiekd/data/source.py): {folder: DIR}, {train: .., valid: .., tests: {NAME: ..}} or
+    # {prepared: DIR}; {multi30k: DIR} is the same as the key above
+    data: dict | None = None
     src_lang: str = "de"
     tgt_lang: str = "en"
     vocab_size: int = 8000
@@ -80,7 +83,9 @@ class ExperimentConfig:
     # first seed before any row's second, so that a table still running covers every method early)
     run_order: str = "rows"
     average_last: int = 5
-    test_sets: list[str] = field(default_factory=lambda: ["test_2016_flickr"])
+    # test sets to translate and score; unset: every test set the data names (Multi30k: test_2016_flickr);
+    # with several, the report compares rows on all of them pooled
+    test_sets: list[str] | None = None
     beam: int = 4
     length_penalty: float = 0.6
     max_decode_length: int = MAX_DECODE_LENGTH  # generated tokens at most (Multi30k targets are < 100)
@@ -268,29 +273,64 @@ class Pipeline:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     # ------------------------------------------------------------ stages
-    def prepare(self) -> Path:
-        from .data.multi30k import find_multi30k
-        from .data.prepare import prepare_data
+    def source(self):
+        """The experiment's data (tiekd.data.source), its files looked up again (they may have moved)."""
+        from .data.source import read_source
 
         config = self.config
-        folder = find_multi30k(config.multi30k)
+        return read_source(config.data, config.multi30k, config.src_lang, config.tgt_lang)
+
+    def data_dir(self) -> Path:
+        """The prepared-data folder the stages read: the experiment's own `data/`, or the user's prepared
+        folder itself when it can be used as it is (no head slice, the teacher's tokenizer or none)."""
+        source = self.source()
+        if source.kind == "prepared" and not self.config.train_pairs and not self._needs_teacher_tokenizer(source):
+            return source.path
+        return self.out / "data"
+
+    def _needs_teacher_tokenizer(self, source) -> bool:
+        """Whether a prepared folder must be encoded again because the teacher's vocabulary differs."""
+        if not self.config.teacher_model:
+            return False
+        from .tokenizer import load_tokenizer, vocab_fingerprint
+
+        return vocab_fingerprint(load_tokenizer(self.config.teacher_model)) != \
+            vocab_fingerprint(load_tokenizer(source.path / "tokenizer"))
+
+    def prepare_inputs(self) -> list:
+        """What the prepare stage's hash covers. For Multi30k exactly what it covered before other data
+        could be named, so that experiment folders made then keep resuming."""
+        config = self.config
+        if config.data is None or list(config.data) == ["multi30k"]:
+            named = config.multi30k if config.data is None else config.data["multi30k"]
+            inputs = [named, config.src_lang, config.tgt_lang, config.vocab_size, config.train_pairs, config.test_sets]
+        else:
+            inputs = [{"data": config.data}, config.src_lang, config.tgt_lang, config.vocab_size, config.train_pairs,
+                      config.test_sets]
+        if config.teacher_model:  # the data is encoded with that teacher's own tokenizer
+            inputs.append({"tokenizer": str(config.teacher_model)})
+        return inputs
+
+    def prepare(self) -> Path:
+        from .data.prepare import prepare_data
+        from .data.source import head_slice
+
+        config = self.config
+        source = self.source()
         data = self.out / "data"
+        tokenizer = config.teacher_model or (source.path / "tokenizer" if source.kind == "prepared" else None)
+        common = dict(src_lang=config.src_lang, tgt_lang=config.tgt_lang, vocab_size=config.vocab_size,
+                      verbose=False, tokenizer=tokenizer)
+        if source.kind == "multi30k" and not config.train_pairs:
+            prepare_data(data, multi30k_dir=source.path, **common)
+            return data
+        train = source.splits["train"]
         if config.train_pairs:
             # a deterministic head slice, written beside the prepared data so prepare can fingerprint it
-            sliced = self.out / "slice"
-            sliced.mkdir(exist_ok=True)
-            for lang in (config.src_lang, config.tgt_lang):
-                lines = (folder / f"train.{lang}").read_text(encoding="utf-8").split("\n")[: config.train_pairs]
-                (sliced / f"train.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-            tests = [(name, folder / f"{name}.{config.src_lang}", folder / f"{name}.{config.tgt_lang}")
-                     for name in config.test_sets]
-            prepare_data(data, src_lang=config.src_lang, tgt_lang=config.tgt_lang,
-                         train=(sliced / f"train.{config.src_lang}", sliced / f"train.{config.tgt_lang}"),
-                         valid=(folder / f"val.{config.src_lang}", folder / f"val.{config.tgt_lang}"),
-                         tests=tests, vocab_size=config.vocab_size, verbose=False, tokenizer=config.teacher_model)
-        else:
-            prepare_data(data, src_lang=config.src_lang, tgt_lang=config.tgt_lang, multi30k_dir=folder,
-                         vocab_size=config.vocab_size, verbose=False, tokenizer=config.teacher_model)
+            train = head_slice(train, config.train_pairs, self.out / "slice", "train")
+        tests = {name: source.splits[name] for name in config.test_sets}
+        prepare_data(data, valid=source.splits["valid"], tests=tests,
+                     **({"tsv_train": train} if isinstance(train, Path) else {"train": train}), **common)
         return data
 
     def _train(self, folder: Path, settings: dict) -> dict:
@@ -325,6 +365,10 @@ class Pipeline:
         folder.mkdir(parents=True, exist_ok=True)
         scores = {}
         for name in self.config.test_sets:
+            if name not in prepared.splits:
+                known = ", ".join(n for n in prepared.splits if n not in ("train", "valid")) or "none"
+                raise TiekdError(f"{data}: holds no test set {name!r} (it holds: {known}). Fix: name one of those "
+                                 "in test_sets, or add the test set to the experiment's data")
             src, ref = prepared.splits[name]
             n = self.config.test_max_sentences or None
             started = time.perf_counter()
@@ -357,14 +401,11 @@ class Pipeline:
     def run(self) -> Path:
         config = self.config
         self.log(f"experiment {config.name} in {self.out}")
-        inputs = [config.multi30k, config.src_lang, config.tgt_lang, config.vocab_size, config.train_pairs,
-                  config.test_sets]
-        if config.teacher_model:  # the data is encoded with that teacher's own tokenizer
-            inputs.append({"tokenizer": str(config.teacher_model)})
-        data = self._stage(self.out / "data", {"prepare": inputs}, lambda: str(self.prepare()))
-        if data is None:
-            raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
-        data = self.out / "data"
+        data = self.data_dir()
+        if data == self.out / "data":
+            done = self._stage(data, {"prepare": self.prepare_inputs()}, lambda: str(self.prepare()))
+            if done is None:
+                raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
 
         jobs = config.student_runs()
         order = config.training_order()
@@ -396,10 +437,14 @@ class Pipeline:
         rows = [row for row in results if row is not None]  # None: not finished (only with --report-only)
         if teacher_scores is None:
             raise TiekdError(f"{self.out}: the teacher is not evaluated yet. Fix: run without --report-only")
-        table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores}, "students": rows}
-        from .report import add_significance, write_report
+        source = self.source()
+        table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores, "folder": str(teacher_dir / "eval")},
+                 "students": rows, "data": str(data),
+                 "data_name": source.name}
+        from .report import add_pooled_scores, add_significance, write_report
 
         with claim(self._lock("report"), wait=True):  # one worker writes the report at a time
+            add_pooled_scores(table, config)
             add_significance(table, self.out, config)
             write_report(table, self.out, config)
         self.log(f"results: {self.out / 'results.md'}")
@@ -450,7 +495,7 @@ class Pipeline:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick",
                         help="quick (the README job: 13-27 min on 2 CPU cores), cpu (~4 core-hours), "
-                             "converged (~38 core-hours), gpu (one GPU)")
+                             "converged (~38 core-hours), capacity (~55 core-hours), gpu (one GPU)")
     parser.add_argument("--config", help="experiment YAML (overrides --preset); see tiekd/presets/")
     parser.add_argument("--out", required=True, help="experiment folder (rerun the same command to continue)")
     parser.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")

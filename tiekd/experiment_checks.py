@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config_fields import InvalidConfig, Problem, problems_message, unknown_key_problem, yaml_key_lines
+from .config_fields import NO_VALUE, InvalidConfig, Problem, problems_message, unknown_key_problem, yaml_key_lines
 from .errors import TiekdError
 
 # stand-ins for the folders the pipeline creates; the checks do not look inside them
@@ -50,6 +50,7 @@ def check_experiment(config, source: str) -> None:
     report = _Report(source)
     _check_shapes(config, report)
     report.raise_if_any()  # the runs below cannot even be built
+    _check_data(config, report)
 
     for section in ("teacher", "student"):
         for key in getattr(config, section):
@@ -103,6 +104,48 @@ def _check_shapes(config, report: _Report) -> None:
         for key in ("sizes", "seeds"):
             if getattr(spec, key) is not None:
                 check(getattr(spec, key), list, ("students", i, key), f"{row} {key}", "a list, or nothing")
+
+
+def _check_data(config, report: _Report) -> None:
+    """The data exists and starts as it should, and names every test set in `test_sets`; an unset
+    `test_sets` becomes every test set the data names (Multi30k: test_2016_flickr, as before)."""
+    from .data.source import POOLED, DataProblem, check, read_source
+
+    try:
+        source = read_source(config.data, config.multi30k, config.src_lang, config.tgt_lang)
+    except DataProblem as problem:
+        report.add(problem.problem, problem.path, problem.label)
+        return
+    except TiekdError as error:  # Multi30k not found, or a Multi30k-shaped folder without a split
+        key = ("data", "multi30k") if config.data else ("multi30k",)
+        report.add(Problem(key[-1], NO_VALUE, str(error).split(". Fix: ")[0],
+                           str(error).split(". Fix: ")[-1] if ". Fix: " in str(error) else "check the folder"),
+                   key, ".".join(key))
+        return
+    if config.test_sets is None:
+        config.test_sets = source.test_names if source.names_its_tests else ["test_2016_flickr"]
+    if not isinstance(config.test_sets, list) or not config.test_sets:
+        report.add(Problem("test_sets", config.test_sets, "must be a list of at least one test set",
+                           f"name test sets of the data: {', '.join(source.test_names) or '(it has none: add tests)'}"),
+                   ("test_sets",), "test_sets")
+        return
+    for i, name in enumerate(config.test_sets):
+        if name == POOLED:
+            report.add(Problem("test_sets", name, "is the report's name for all test sets together",
+                               "rename that test set"), ("test_sets", i), "test_sets")
+        elif name not in source.test_names:
+            where = {"multi30k": f"Multi30k folder {source.path}", "folder": f"folder {source.path}",
+                     "prepared": f"prepared folder {source.path}", "files": "data.tests"}[source.kind]
+            report.add(Problem("test_sets", name, f"is not a test set of the data ({where} has "
+                               f"{', '.join(source.test_names) or 'none'})",
+                               "name one of those, fix the spelling, or add the test set to the data"),
+                       ("test_sets", i), "test_sets")
+    for problem in check(source, ["train", "valid", *[n for n in config.test_sets if n in source.test_names]]):
+        report.add(problem.problem, problem.path, problem.label)
+    if config.teacher_model and not (Path(config.teacher_model) / "config.json").is_file():
+        report.add(Problem("teacher_model", config.teacher_model, "is not a model folder (no config.json)",
+                           "give the folder of a trained teacher (tiekd average's output, or a Hugging Face "
+                           "Marian folder)"), ("teacher_model",), "teacher_model")
 
 
 def _run_problems(settings: dict) -> list[Problem]:

@@ -161,7 +161,8 @@ def _share(claim: str, paper: str, role: str, bleu: dict, keeps: bool) -> dict:
 def markdown(findings: list[dict], teacher_bleu: float, students: list[dict], size: str, main_test: str) -> list[str]:
     """The section of results.md: a table of the findings, then the teacher-student gap."""
     lines = ["## The paper's findings, checked", "",
-             f"Rows of student size `{size}`, BLEU on {main_test}. \"X beats Y\": mean difference over the seeds "
+             f"Rows of student size `{size}`, BLEU on "
+             f"{'all test sets pooled' if main_test == 'pooled' else main_test}. \"X beats Y\": mean difference over the seeds "
              f"both rows have, each seed's paired approximate-randomization p (significant: p < {SIGNIFICANT}). "
              f"Shares of Word-KD's gain over No-KD: \"almost all\" read as ≥ {ALMOST_ALL:.0%}, \"most lost\" "
              f"as ≤ {AT_MOST_HALF:.0%} kept (tiekd/findings.py).", "",

@@ -30,14 +30,53 @@ def baseline_names(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(row["baseline"] for row in rows if row.get("baseline")))
 
 
+POOLED = "pooled"  # the main view with several test sets: every sentence of every test set together
+
+
+def main_view(config) -> str:
+    """What rows are compared on: the one test set, or with several all of them pooled, since a single
+    test set of a few thousand sentences can rank two close rows either way (docs/RESULTS.md)."""
+    return POOLED if len(config.test_sets) > 1 else config.test_sets[0]
+
+
+def view_hyps(folder: str | Path, config, view: str) -> list[str]:
+    """A row's translations of `view` (a test set, or every test set in order for the pooled view)."""
+    from .io import read_lines
+
+    tests = config.test_sets if view == POOLED else [view]
+    return [line for test in tests for line in read_lines(Path(folder) / f"{test}.hyp")]
+
+
+def view_refs(data: str | Path, config, view: str) -> list[str]:
+    """The references of `view`, each test set cut to `test_max_sentences` as its translations are."""
+    from .data.prepare import load_prepared
+    from .io import read_lines
+
+    splits = load_prepared(data).splits
+    tests = config.test_sets if view == POOLED else [view]
+    return [line for test in tests for line in read_lines(splits[test][1])[: config.test_max_sentences or None]]
+
+
+def add_pooled_scores(table: dict, config) -> None:
+    """With several test sets, score the teacher and every row on all of them pooled (`scores["pooled"]`)."""
+    from .evaluate import score
+
+    if main_view(config) != POOLED:
+        return
+    refs = view_refs(table["data"], config, POOLED)
+    for row in [table["teacher"], *table["students"]]:
+        result = score(view_hyps(row["folder"], config, POOLED), refs, tokenized_bleu=True, lang=config.tgt_lang)
+        row["scores"][POOLED] = {key: result[key] for key in ("bleu", "chrf", "tokenized_bleu", "bleu_signature",
+                                                              "chrf_signature")}
+
+
 def add_significance(table: dict, out: Path, config) -> None:
     """Attach `significance` to each student row: against each baseline row (marked `baseline: true` in
-    the experiment) of the same size and seed, on the main test set."""
-    from .evaluate import paired_bootstrap, paired_significance, read_lines
-    from .data.prepare import load_prepared
+    the experiment) of the same size and seed, on the main view (`main_view`)."""
+    from .evaluate import paired_bootstrap, paired_significance
 
-    main_test = config.test_sets[0]
-    refs = read_lines(load_prepared(Path(out) / "data").splits[main_test][1])[: config.test_max_sentences or None]
+    main_test = main_view(config)
+    refs = view_refs(table.get("data", Path(out) / "data"), config, main_test)
     rows = table["students"]
 
     def baseline(name: str, row: dict) -> dict | None:
@@ -49,12 +88,12 @@ def add_significance(table: dict, out: Path, config) -> None:
 
     for row in rows:
         row["significance"] = {}
-        hyps = read_lines(Path(row["folder"]) / f"{main_test}.hyp")
+        hyps = view_hyps(row["folder"], config, main_test)
         for name in baseline_names(rows):
             base = baseline(name, row)
             if base is None or base is row:
                 continue
-            base_hyps = read_lines(Path(base["folder"]) / f"{main_test}.hyp")
+            base_hyps = view_hyps(base["folder"], config, main_test)
             interval = paired_bootstrap(base_hyps, hyps, refs, resamples=config.bootstrap_resamples)
             tests = paired_significance(base_hyps, hyps, refs, resamples=config.bootstrap_resamples,
                                         trials=config.randomization_trials)
@@ -74,14 +113,14 @@ def aggregate(table: dict, config) -> list[dict]:
     largest validation-BLEU gain of a seed over its last 25% of updates (`late_gain`; < 0.3: converged)."""
     from .compute_view import late_gain
 
-    main_test = config.test_sets[0]
+    main_test = main_view(config)
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in table["students"]:
         groups.setdefault((row["name"], row["size"]), []).append(row)
     lines = []
     for (name, size), rows in groups.items():
         line = {"name": name, "method": rows[0]["method"], "size": size, "seeds": len(rows)}
-        for test in config.test_sets:
+        for test in report_tests(config):
             for metric in ("bleu", "chrf", "tokenized_bleu"):
                 line[f"{test}:{metric}"] = _mean_std([r["scores"][test][metric] for r in rows])
         line["top1_agreement"] = _mean_std([r["analysis"]["top1_agreement"] for r in rows])
@@ -130,20 +169,26 @@ def _p(sig: dict, key: str) -> str:
     return f"{item['diff']:+.2f} mean (seeds: {seeds})"
 
 
+def report_tests(config) -> list[str]:
+    """The table's test-set columns: each test set, then the pooled view when there are several."""
+    return [*config.test_sets, POOLED] if main_view(config) == POOLED else list(config.test_sets)
+
+
 def write_report(table: dict, out: Path, config) -> None:
     out = Path(out)
     atomic_write_json(out / "results.json", table)
     lines = aggregate(table, config)
-    main_test = config.test_sets[0]
+    main_test = main_view(config)
+    where = f"all {len(config.test_sets)} test sets pooled" if main_test == POOLED else main_test
     teacher = table["teacher"]["scores"]
     header = ["Student", "size", "seeds"]
-    for test in config.test_sets:
+    for test in report_tests(config):
         header += [f"BLEU {test}", f"chrF {test}"]
     baselines = baseline_names(table["students"])
     header += [f"tok-BLEU {main_test}", *[f"Δ vs {name} (p)" for name in baselines], "top-1 agr. %", "last-25% gain"]
-    md = [f"# {config.name}: Multi30k {config.src_lang}→{config.tgt_lang}", "",
+    md = [f"# {config.name}: {table.get('data_name', 'Multi30k')} {config.src_lang}→{config.tgt_lang}", "",
           f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
-          f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {main_test} "
+          f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {where} "
           f"against the baseline of the same seed, with the p-value of sacreBLEU's paired approximate "
           f"randomization test ({config.randomization_trials:,} trials; its paired bootstrap p, {config.bootstrap_resamples} resamples, in "
           "results.csv); with several seeds, "
@@ -152,14 +197,14 @@ def write_report(table: dict, out: Path, config) -> None:
           "updates (below 0.3: converged).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     teacher_cells = ["Teacher", "", ""]
-    for test in config.test_sets:
+    for test in report_tests(config):
         teacher_cells += [f"{teacher[test]['bleu']:.2f}", f"{teacher[test]['chrf']:.2f}"]
     teacher_cells += [f"{teacher[main_test]['tokenized_bleu']:.2f}", *["–"] * len(baselines), "–", "–"]
     md.append("| " + " | ".join(teacher_cells) + " |")
     csv_rows = []
     for line in lines:
         cells = [line["name"], line["size"], str(line["seeds"])]
-        for test in config.test_sets:
+        for test in report_tests(config):
             cells += [_fmt(line[f"{test}:bleu"]), _fmt(line[f"{test}:chrf"])]
         cells += [_fmt(line[f"{main_test}:tokenized_bleu"]),
                   *[_p(line["significance"], baseline_key(name)) for name in baselines], _fmt(line["top1_agreement"], 100),
@@ -269,10 +314,9 @@ def _findings_section(table: dict, out: Path, config) -> list[str]:
     """The paper's findings checked on the main student size (tiekd.findings), with the paired tests
     the table already ran where a finding compares a row with its baseline, new ones otherwise."""
     from . import findings
-    from .data.prepare import load_prepared
-    from .evaluate import paired_significance, read_lines
+    from .evaluate import paired_significance
 
-    students, main_test = table["students"], config.test_sets[0]
+    students, main_test = table["students"], main_view(config)
     if not students:
         return []
     size = config.student_sizes[0] if getattr(config, "student_sizes", None) else students[0]["size"]
@@ -284,8 +328,8 @@ def _findings_section(table: dict, out: Path, config) -> list[str]:
         if done is not None:
             return done["diff"], done["p_value"]
         if not refs:
-            refs.extend(read_lines(load_prepared(out / "data").splits[main_test][1])[: config.test_max_sentences or None])
-        hyps = [read_lines(Path(row["folder"]) / f"{main_test}.hyp") for row in (y, x)]
+            refs.extend(view_refs(table.get("data", out / "data"), config, main_test))
+        hyps = [view_hyps(row["folder"], config, main_test) for row in (y, x)]
         return diff, paired_significance(*hyps, refs, resamples=config.bootstrap_resamples,
                                          trials=config.randomization_trials)["bleu"]["p_ar"]
 

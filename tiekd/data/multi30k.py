@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -81,21 +83,62 @@ def find_multi30k(folder: str | Path | None = None) -> Path:
     )
 
 
-def multi30k_files(folder: Path, src_lang: str, tgt_lang: str) -> dict[str, tuple[Path, Path]]:
-    """Split name -> (source file, target file). train and valid must exist; a test split is used when
-    both of its files exist (not every language has every test set) and is an error when only one does."""
-    files = {}
-    for split, stem in SPLITS.items():
+VALID_STEMS = ("val", "valid")  # Multi30k says val; other corpora laid out the same way often say valid
+NOT_DATA = re.compile(r"^(README|LICEN[CS]E|SHA256SUMS|MD5SUMS|CHANGES|NOTICE)|\.(md|sha256|md5|json|yaml)$",
+                      re.IGNORECASE)
+
+
+def multi30k_files(folder: Path, src_lang: str, tgt_lang: str, warn=None) -> dict[str, tuple[Path, Path]]:
+    """Split name -> (source file, target file) of a folder laid out like Multi30k (`folder_files`);
+    each file it leaves out is reported through `warn` (default: a warning on stderr)."""
+    files, ignored = folder_files(folder, src_lang, tgt_lang)
+    for message in ignored:
+        (warn or _warn)(message)
+    return files
+
+
+def folder_files(folder: Path, src_lang: str, tgt_lang: str) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
+    """(split name -> (source file, target file), what was left out) for a folder laid out like Multi30k:
+    train.<lang>, val.<lang> (or valid.<lang>) and every test_<name>.<lang> pair, Multi30k's own test
+    sets first in their usual order, then the others by name. train and valid must exist in both
+    languages; a test set with one language only, and every other file that looks like data, is left
+    out with a sentence saying so (not every language has every test set)."""
+    folder = Path(folder)
+    valid_stem = next((stem for stem in VALID_STEMS if (folder / f"{stem}.{src_lang}").is_file()
+                       or (folder / f"{stem}.{tgt_lang}").is_file()), "val")
+    stems = {"train": "train", "valid": valid_stem}
+    known = [stem for stem in SPLITS.values() if stem.startswith("test_")]
+    found = sorted({p.name[: -len(p.suffix)] for p in folder.glob("test_*.*") if p.suffix[1:] in (src_lang, tgt_lang)})
+    for stem in [*[s for s in known if s in found], *[s for s in found if s not in known]]:
+        stems[stem] = stem
+    files, ignored = {}, []
+    for split, stem in stems.items():
         src, tgt = folder / f"{stem}.{src_lang}", folder / f"{stem}.{tgt_lang}"
         missing = [p for p in (src, tgt) if not p.is_file()]
         if not missing:
             files[split] = (src, tgt)
-        elif split in REQUIRED_SPLITS or len(missing) == 1:
+        elif split in REQUIRED_SPLITS:
+            names = " or ".join(f"{s}.{lang}" for s in (VALID_STEMS if split == "valid" else (stem,))
+                                for lang in (src_lang, tgt_lang) if not (folder / f"{s}.{lang}").is_file())
             raise input_error(
-                missing[0], f"no such file (Multi30k {stem} split, {src_lang}-{tgt_lang})",
-                f"pass a complete Multi30k folder (with {stem}.{src_lang} and {stem}.{tgt_lang}), or use --download",
+                missing[0], f"no such file ({src_lang}-{tgt_lang} {split} split of a Multi30k-shaped folder, "
+                            f"which needs {names})",
+                f"pass a folder with {stem}.{src_lang} and {stem}.{tgt_lang} (check --src-lang/--tgt-lang), "
+                "or use --download for Multi30k",
             )
-    return files
+        else:
+            ignored.append(f"{missing[0]}: missing, so test set {stem} is left out (it has only "
+                           f"{(tgt if missing[0] == src else src).name})")
+    used = {p.name for pair in files.values() for p in pair}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name not in used and not path.name.startswith(".") \
+                and not NOT_DATA.search(path.name) and not any(path.name in m for m in ignored):
+            ignored.append(f"{path}: left out: not train, {valid_stem} or test_<name> in {src_lang} or {tgt_lang}")
+    return files, ignored
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def download_multi30k(

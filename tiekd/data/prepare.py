@@ -62,8 +62,8 @@ class PreparedData:
 def prepare_data(
     out_dir: str | Path, *, src_lang: str = "de", tgt_lang: str = "en",
     multi30k_dir: str | Path | None = None, download: bool = False, multi30k_url: str | None = None,
-    train: tuple[str | Path, str | Path] | None = None, valid: tuple[str | Path, str | Path] | None = None,
-    tests: Mapping[str, tuple[str | Path, str | Path]] | Iterable[tuple[str, str | Path, str | Path]] | None = None,
+    train: tuple[str | Path, str | Path] | None = None, valid: tuple[str | Path, str | Path] | str | Path | None = None,
+    tests: Mapping[str, tuple[str | Path, str | Path] | str | Path] | Iterable[tuple[str, str | Path, str | Path]] | None = None,
     tsv_train: str | Path | None = None,
     vocab_size: int = 8000, max_tokens: int = 250, max_len_ratio: float = 9.0, max_chars: int = 10_000,
     empty: str = "skip", overwrite: bool = False, verbose: bool = True, tokenizer: str | Path | None = None,
@@ -153,12 +153,12 @@ def _resolve_inputs(src_lang, tgt_lang, multi30k_dir, download, multi30k_url, tr
         if valid is None:
             raise TiekdError("no validation split. Fix: pass --valid SRC TGT (training needs it to pick checkpoints)")
         files = {"train": Path(tsv_train) if tsv_train is not None else _pair("train", train)}
-        files["valid"] = _pair("valid", valid)
-        for name, src, tgt in _test_triples(tests):
+        files["valid"] = _pair_or_tsv("valid", valid)
+        for name, split in _test_splits(tests):
             if not _NAME.match(name) or name in files:
                 raise TiekdError(f"--test name {name!r} is not usable. Fix: use a new name of letters, digits, "
                                  "'_', '-' or '.', other than train and valid")
-            files[name] = _pair(name, (src, tgt))
+            files[name] = _pair_or_tsv(name, split)
         return {"kind": "files"}, files
     if valid is not None or tests:
         raise TiekdError("--valid/--test were given without --train or --tsv-train. Fix: pass your training "
@@ -179,16 +179,22 @@ def _pair(name: str, files) -> tuple[Path, Path]:
     return Path(files[0]), Path(files[1])
 
 
-def _test_triples(tests) -> list[tuple[str, str | Path, str | Path]]:
+def _pair_or_tsv(name: str, files) -> tuple[Path, Path] | Path:
+    """A split given as one TSV file or as (source, target) files."""
+    return Path(files) if isinstance(files, (str, Path)) else _pair(name, files)
+
+
+def _test_splits(tests) -> list[tuple[str, tuple | str | Path]]:
+    """(name, files) of each test set: from a mapping name -> (SRC, TGT) or TSV, or NAME SRC TGT triples."""
     if not tests:
         return []
     if isinstance(tests, Mapping):
-        return [(name, *_pair(name, files)) for name, files in tests.items()]
+        return list(tests.items())
     triples = [tuple(t) for t in tests]
     for t in triples:
         if len(t) != 3:
             raise TiekdError(f"a test set needs NAME SRC TGT; got {t!r}. Fix: pass --test NAME SRC TGT")
-    return triples
+    return [(name, (src, tgt)) for name, src, tgt in triples]
 
 
 def _already_prepared(out_dir: Path, meta: dict, overwrite: bool) -> bool:
