@@ -195,6 +195,13 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resume_finishes(prepared, tmp_pa
 
 
 # ----------------------------------------------------------------------------- 3. damaged checkpoints
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_a_damaged_checkpoint_is_named_and_skipped_on_resume(prepared, tmp_path, capsys, caplog):
     from tiekd.trainer import run_training
 
@@ -214,8 +221,9 @@ def test_a_damaged_checkpoint_is_named_and_skipped_on_resume(prepared, tmp_path,
         checkpoint.load_trainer_state(damaged)
 
     # half-written checkpoints: a temporary folder, and a step folder that never got its manifest
-    (ckpts / ".step_0000012.tmp").mkdir()
-    (ckpts / ".step_0000012.tmp" / "model.safetensors").write_bytes(b"\0" * 100)
+    leftover = ckpts / f".step_0000012.tmp-{dead_pid()}-0badf00d"  # its writer was killed
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"\0" * 100)
     unfinished = ckpts / "step_0000014"
     shutil.copytree(ckpts / "step_0000010", unfinished)
     (unfinished / checkpoint.MANIFEST).unlink()
@@ -236,7 +244,7 @@ def test_a_damaged_checkpoint_is_named_and_skipped_on_resume(prepared, tmp_path,
     assert checkpoint.verify_checkpoint(damaged) is None
     assert_same_tensors(weights(damaged), original_weights)
     assert [r["loss"] for r in records(run, "train")] == original_losses
-    assert not (ckpts / ".step_0000012.tmp").exists()
+    assert not leftover.exists()
     assert checkpoint.latest_good_checkpoint(ckpts) == damaged  # the unfinished step 14 is still ignored
 
 
@@ -418,9 +426,10 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_last_good_checkpoint(prepar
         run_training(config, quiet=True)
     message = str(caught.value)
     ckpts = run / "checkpoints"
-    assert "step_0000004: no space left" in message
-    assert re.search(r"needs about \d+\.\d MB and \d+\.\d MB are free", message)
-    assert f"last good checkpoint is {ckpts / 'step_0000002'}" in message and "--resume" in message
+    assert f"{ckpts / 'step_0000004' / 'trainer_state.pt'}: could not be written (No space left on device" in message
+    assert re.search(r"; [\d,]+\.\d MB free there, more than 0\.\d MB needed\)|; [\d,]+\.\d MB free there\)", message)
+    assert re.search(r"A checkpoint takes about \d+\.\d MB\.", message)
+    assert f"last good checkpoint is {ckpts / 'step_0000002'}: continue from it with --resume" in message
     assert [s for s, _ in checkpoint.step_checkpoints(ckpts)] == [2]
     assert checkpoint.verify_checkpoint(ckpts / "step_0000002") is None
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".")]  # no partial folder left behind
@@ -438,7 +447,16 @@ def test_other_write_errors_are_not_called_a_full_disk(prepared, tmp_path, monke
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(checkpoint.torch, "save", read_only)
-    with pytest.raises(OSError, match="Read-only") as caught:
+    with pytest.raises(TiekdError, match="Read-only file system") as caught:
+        checkpoint.save_checkpoint(tmp_path / "ckpts" / "step_0000001", _Unsaved(), _Unsaved(), {"step": 1})
+    assert "free space" not in str(caught.value) and "mounted read-only" in str(caught.value)
+    assert not [p for p in (tmp_path / "ckpts").iterdir()]  # nothing left behind
+
+    def not_storage(obj, path, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(checkpoint.torch, "save", not_storage)
+    with pytest.raises(OSError, match="not permitted") as caught:
         checkpoint.save_checkpoint(tmp_path / "ckpts" / "step_0000001", _Unsaved(), _Unsaved(), {"step": 1})
     assert not isinstance(caught.value, TiekdError)
     assert not list((tmp_path / "ckpts").iterdir())  # the partial folder is removed here too

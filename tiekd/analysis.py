@@ -135,11 +135,11 @@ def plot_statistics(stats: dict, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from .writes import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

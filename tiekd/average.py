@@ -3,14 +3,13 @@ of the parameters of the last N checkpoints, written as a standard model folder.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
 from .errors import TiekdError
-from .io import replace_dir
+from . import writes
 
 
 def find_last_checkpoints(run_dir: Path, last: int) -> list[Path]:
@@ -41,10 +40,12 @@ def average_checkpoints(folders: list[Path], out_dir: Path, overwrite: bool = Fa
         for name, value in weights.items():
             total[name] = total.get(name, 0) + value.double()
     averaged = {name: (value / len(folders)).to(torch.float32).contiguous() for name, value in total.items()}
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folders[-1], tmp, ignore=shutil.ignore_patterns("model.safetensors", checkpoint.STATE_FILE,
-                                                                     checkpoint.MANIFEST))
-    save_file(averaged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    replace_dir(tmp, out_dir)
+    with writes.staged_folder(out_dir) as tmp:
+        # the newest folder's config and tokenizer files, without its weights and trainer state
+        skip = {"model.safetensors", checkpoint.STATE_FILE, checkpoint.MANIFEST}
+        for source in sorted(Path(folders[-1]).iterdir()):
+            if source.name not in skip and source.is_file():
+                writes.copy_file(source, tmp / source.name)
+        writes.call(tmp / "model.safetensors", save_file, averaged, str(tmp / "model.safetensors"),
+                    metadata={"format": "pt"})
     return out_dir

@@ -12,7 +12,6 @@ checked; a damaged checkpoint is reported by name and the newest intact one is u
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import re
@@ -22,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .errors import TiekdError
-from .io import atomic_write_json, fsync_dir, replace_dir, sha256_file
+from . import writes
+from .io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -31,62 +31,30 @@ MANIFEST = "MANIFEST.json"
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
 
 
-# errors that mean "the file system is full": no space, or the user's quota is used up
-_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
 def save_checkpoint(folder: Path, model, tokenizer, trainer_state: dict) -> Path:
-    """Write `folder` atomically: a temporary sibling is filled, fsynced, then renamed over it.
-
-    A full file system raises a `TiekdError` naming the folder, the space needed and the last good
-    checkpoint, and leaves no partial temporary folder behind; the existing checkpoints are untouched.
-    """
+    """Write `folder` whole or not at all (tiekd.writes.staged_folder): a full file system raises a
+    `WriteFailed` naming the folder, the space free and needed, and the last good checkpoint; no partial
+    temporary folder is left behind and the existing checkpoints are untouched."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp"
     try:
-        return _write_checkpoint(folder, tmp, model, tokenizer, trainer_state)
-    except OSError as error:
-        written = _folder_bytes(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if error.errno not in _FULL_DISK_ERRNOS:
-            raise
-        raise _disk_full_error(folder, written) from error
-
-
-def _write_checkpoint(folder: Path, tmp: Path, model, tokenizer, trainer_state: dict) -> Path:
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(trainer_state, tmp / STATE_FILE)
-    files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-    atomic_write_json(tmp / MANIFEST, {"files": {name: sha256_file(tmp / name) for name in files},
-                                       "step": trainer_state.get("step")})
-    fsync_dir(tmp)
-    replace_dir(tmp, folder)
-    fsync_dir(folder.parent)
+        with writes.staged_folder(folder) as tmp:
+            writes.call(tmp / "model.safetensors", model.save_pretrained, tmp)
+            writes.call(tmp / "tokenizer_config.json", tokenizer.save_pretrained, tmp)
+            writes.call(tmp / STATE_FILE, torch.save, trainer_state, tmp / STATE_FILE)
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            writes.atomic_write_json(tmp / MANIFEST, {"files": {name: sha256_file(tmp / name) for name in files},
+                                                      "step": trainer_state.get("step")})
+    except writes.WriteFailed as error:
+        good = latest_good_checkpoint(folder.parent)
+        size = f" A checkpoint takes about {_folder_bytes(good) / 1e6:.1f} MB." if good is not None else ""
+        raise writes.WriteFailed(
+            f"{error}.{size} The last good checkpoint is {good or 'none (nothing was saved yet)'}: continue "
+            "from it with --resume (--keep-last keeps fewer checkpoints)") from error.__cause__
     return folder
 
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
-
-
-def _disk_full_error(folder: Path, written: int) -> TiekdError:
-    """The error for a checkpoint that did not fit: where, how much it needs, what survives."""
-    checkpoint_dir = folder.parent
-    good = latest_good_checkpoint(checkpoint_dir)
-    # a checkpoint needs about as much as the last complete one; without one, more than was written
-    needed = _folder_bytes(good) if good is not None else written
-    free = shutil.disk_usage(checkpoint_dir).free
-    need_text = f"about {needed / 1e6:.1f} MB" if good is not None else f"more than {needed / 1e6:.1f} MB"
-    return TiekdError(
-        f"{folder}: no space left on the file system while writing this checkpoint; it needs {need_text} and "
-        f"{free / 1e6:.1f} MB are free. The partial checkpoint was removed; the last good checkpoint is "
-        f"{good or 'none (nothing was saved yet)'}. Fix: free space on that file system (or lower --keep-last), "
-        "then continue with --resume")
 
 
 def verify_checkpoint(folder: Path) -> str | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import logging
 import sys
 import typing
@@ -25,6 +24,7 @@ from pathlib import Path
 from .errors import TiekdError
 from .malloc_tuning import tune_for_command
 from .process_exit import run_and_exit
+from .writes import STORAGE_ERRNOS, failure_message
 
 
 def _add_run_config_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
@@ -231,11 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiekd: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        if debug or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if debug or error.errno not in STORAGE_ERRNOS:
             raise
-        # a full disk outside a checkpoint (those say more: tiekd.checkpoint): name the file and the fix
-        print(f"tiekd: error: {error.filename or 'a file'}: no space left on the file system ({error.strerror}). "
-              "Fix: free space there, then run the command again (training continues with --resume)", file=sys.stderr)
+        # a storage failure outside tiekd.writes (a library writing on its own): name the file and the fix
+        print(f"tiekd: error: {failure_message(error.filename or Path.cwd(), error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tiekd: interrupted", file=sys.stderr)

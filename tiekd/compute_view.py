@@ -21,14 +21,13 @@ cost a No-KD update (the teacher's decoding of the training set, done once, is n
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import statistics
 from pathlib import Path
 
 from .errors import TiekdError
-from .io import atomic_write_bytes
+from .writes import save_figure
 
 UPDATE_COSTS_FILE = "update_costs.json"
 
@@ -262,7 +261,5 @@ def plot_curves(curves: list[tuple[dict, list]], path: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    image = io.BytesIO()  # written whole: another worker may be writing the same report
-    fig.savefig(image, format="png", dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    atomic_write_bytes(Path(path), image.getvalue())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import typing
 import warnings
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from .decode_limits import MAX_DECODE_LENGTH
 from .errors import TiekdError
-from .io import replace_dir
+from . import writes
 from .shortlist import ShortlistOptions
 from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
 
@@ -67,34 +66,28 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
         raise TiekdError(f"{out_dir}: folder exists and is not empty. Fix: pass --overwrite to replace it, "
                          "or choose another --out folder")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with writes.staged_folder(out_dir) as tmp_dir:
         from ctranslate2.converters import TransformersConverter
         from transformers import AutoConfig
 
         converter = TransformersConverter(str(model_dir))
         try:
             # force: `convert` refuses existing folders, and ours is the empty temporary one
-            converter.convert(str(tmp_dir), vmap=str(vocabulary_map) if vocabulary_map else None,
-                              quantization=quantization, force=True)
-        except (ValueError, RuntimeError, NotImplementedError, OSError) as exc:
+            writes.call(tmp_dir / "model.bin", converter.convert, str(tmp_dir),
+                        vmap=str(vocabulary_map) if vocabulary_map else None, quantization=quantization, force=True)
+        except (ValueError, RuntimeError, NotImplementedError, OSError) as exc:  # a full disk is WriteFailed
             raise TiekdError(f"{model_dir}: CTranslate2 could not convert the model ({type(exc).__name__}: "
                              f"{exc}). Fix: check that the folder holds a complete Marian/seq2seq model "
                              "whose vocabulary size matches its tokenizer") from exc
         config = AutoConfig.from_pretrained(str(model_dir))
         _warn_if_start_embedding_not_zero(model_dir, config)
-        load_tokenizer(model_dir).save_pretrained(str(tmp_dir))
-        (tmp_dir / "tiekd_export.json").write_text(json.dumps({
+        writes.call(tmp_dir / "tokenizer_config.json", load_tokenizer(model_dir).save_pretrained, str(tmp_dir))
+        writes.atomic_write_text(tmp_dir / "tiekd_export.json", json.dumps({
             "source_model": str(model_dir.resolve()), "quantization": quantization,
             "vocabulary_map": bool(vocabulary_map),
             "max_source_positions": getattr(config, "max_position_embeddings", None),
             "ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__,
-        }, indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        }, indent=2) + "\n")
     return out_dir
 
 

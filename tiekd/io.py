@@ -1,38 +1,15 @@
-"""Small file helpers: atomic writes so that a crash never leaves a half-written file behind."""
+"""Small file helpers: reading text and hashing files. Writing goes through tiekd.writes (re-exported
+here for the modules that read and write), so that every write follows one discipline."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush and fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, value) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+from .writes import (  # noqa: F401  (re-exported: every write goes through tiekd.writes)
+    atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, replace_dir,
+)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -41,33 +18,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Rename the finished folder `new` to `target`. An existing `target` is first renamed aside and
-    deleted only once `new` is in place, so a crash at any point leaves one complete version."""
-    new, target = Path(new), Path(target)
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    old.rmdir()
-    target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def iter_lines(path: str | Path) -> Iterator[str]:

@@ -17,7 +17,7 @@ import re
 import statistics
 from pathlib import Path
 
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .writes import atomic_write_json, atomic_write_text, save_figure
 
 
 def baseline_key(name: str) -> str:
@@ -229,6 +229,8 @@ def write_report(table: dict, out: Path, config) -> None:
            f"{100 * lines[0]['teacher_gold_overlap']:.1f}%." if lines else "", "",
            "![BLEU by method](bleu_by_method.png)", "", "![top-1 agreement by method](agreement_by_method.png)", ""]
     md += _findings_section(table, out, config)
+    if len({row["size"] for row in table["students"]}) > 1:
+        md += _size_section(table, out, main_test, where)
     md += _equal_compute_section(table["students"], out)
     atomic_write_text(out / "results.md", "\n".join(md))
     if csv_rows:
@@ -273,10 +275,20 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
         ax.set_xticks(range(len(lines)), labels, fontsize=8)
         ax.set_ylabel(ylabel)
         fig.tight_layout()
-        image = io.BytesIO()  # written whole: another worker may be writing the same report
-        fig.savefig(image, format="png", dpi=120)
-        atomic_write_bytes(out / filename, image.getvalue())
+        save_figure(fig, out / filename)
         plt.close(fig)
+
+
+def _size_section(table: dict, out: Path, main_test: str, where: str) -> list[str]:
+    """The capacity-gap view (tiekd.size_view) when the table has students of several sizes."""
+    from . import size_view
+
+    baselines = baseline_names(table["students"])
+    lines = size_view.size_lines(table, main_test)
+    plot = "gain_by_size.png"
+    if not baselines or size_view.plot_gains(lines, baselines[0], out / plot, where) is None:
+        plot = ""
+    return size_view.markdown(lines, baselines, where, plot)
 
 
 def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:

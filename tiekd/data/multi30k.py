@@ -13,11 +13,11 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .. import writes
 from ..errors import TiekdError, input_error
 
 DEFAULT_BASE_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
@@ -173,12 +173,14 @@ def download_multi30k(
 def _download_verified(url: str, target: Path, expected_sha256: str, timeout: float) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        writes.sweep_leftovers(target.parent)
+        tmp = writes.temporary_path(target, "part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as exc:
         raise input_error(target.parent, f"cannot write the download there ({exc.strerror})",
                           "pass a writable folder with --multi30k DIR") from None
-    tmp = Path(tmp_name)
     try:
+        writes.write_point(target)
         with os.fdopen(fd, "wb") as sink, urllib.request.urlopen(url, timeout=timeout) as response:
             # gunzip while hashing; the .gz itself is never kept
             with gzip.GzipFile(fileobj=response) as unzipped:
@@ -192,7 +194,14 @@ def _download_verified(url: str, target: Path, expected_sha256: str, timeout: fl
                 f"nothing was kept. Fix: retry later, or check that {URL_ENV} / the URL points at Multi30k"
             )
         os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, EOFError, gzip.BadGzipFile) as exc:
+    except OSError as exc:
+        if exc.errno in writes.STORAGE_ERRNOS:
+            raise writes.WriteFailed(writes.failure_message(target, exc)) from exc
+        raise TiekdError(
+            f"{url}: download failed ({type(exc).__name__}: {exc}). Fix: check the network or the URL "
+            f"({URL_ENV}), or pass a local copy with --multi30k DIR"
+        ) from exc
+    except (urllib.error.URLError, EOFError, gzip.BadGzipFile) as exc:
         raise TiekdError(
             f"{url}: download failed ({type(exc).__name__}: {exc}). Fix: check the network or the URL "
             f"({URL_ENV}), or pass a local copy with --multi30k DIR"

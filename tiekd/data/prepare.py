@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import os
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from .. import __version__
 from ..errors import TiekdError, input_error
-from ..io import replace_dir
+from .. import writes
 from ..tokenizer import TOKENIZER_FILES, train_joint_sentencepiece
 from . import multi30k
 from .corpus import ParallelText, read_parallel, read_tsv
@@ -106,14 +103,10 @@ def prepare_data(
         return out_dir
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = _sibling(out_dir, "building")
-    build.mkdir()  # not mkdtemp: the result should get the usual permissions, not 0700
     try:
-        _build(build, splits, meta, log)
-        replace_dir(build, out_dir)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
+        with writes.staged_folder(out_dir, role="building") as build:
+            _build(build, splits, meta, log)
+    except Exception:
         for folder in created:  # innermost first; only folders this call made, and only if still empty
             try:
                 folder.rmdir()
@@ -286,7 +279,7 @@ def _build(build: Path, splits: list[ParallelText], meta: dict, log) -> None:
         if split is train:
             meta["splits"][split.name]["filtered_by"] = {
                 reason: train.filtered.get(reason, 0) for reason in ("chars", "tokens", "ratio")}
-    (build / META_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    writes.atomic_write_json(build / META_NAME, meta)
 
 
 def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
@@ -294,7 +287,7 @@ def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
 
     source = meta["tokenizer_from"]["path"]
     log(f"using the tokenizer of {source} ({meta['vocab_size']:,} tokens) instead of training one")
-    copied = copy_existing_tokenizer(source, tokenizer_dir)
+    copied = writes.call(tokenizer_dir, copy_existing_tokenizer, source, tokenizer_dir)
     if vocab_fingerprint(copied)[1] != meta["tokenizer_from"]["vocab_sha256"]:
         raise TiekdError(f"{source}: its vocabulary changed while it was being copied. Fix: run prepare again")
 
@@ -303,9 +296,9 @@ def _train_tokenizer(build: Path, train: ParallelText, meta: dict, tokenizer_dir
     src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
     log(f"training a {meta['vocab_size']}-piece SentencePiece tokenizer on {len(train.sources):,} training pairs")
     try:
-        train_joint_sentencepiece(
-            [build / f"train.{src_lang}", build / f"train.{tgt_lang}"], tokenizer_dir, vocab_size=meta["vocab_size"],
-        )
+        writes.call(tokenizer_dir, train_joint_sentencepiece,
+                    [build / f"train.{src_lang}", build / f"train.{tgt_lang}"], tokenizer_dir,
+                    vocab_size=meta["vocab_size"])
     except RuntimeError as exc:  # SentencePiece reports e.g. a vocabulary too large for the text this way
         # its limit excludes the <pad> that the Marian layout adds, hence + 1
         limit = re.search(r"value <= (\d+)", str(exc))
@@ -329,13 +322,12 @@ def _drop(split: ParallelText, reasons: list[str | None]) -> None:
 
 def _write_split(folder: Path, split: ParallelText, src_lang: str, tgt_lang: str) -> None:
     for lang, lines in ((src_lang, split.sources), (tgt_lang, split.targets)):
-        with open(folder / f"{split.name}.{lang}", "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(line + "\n" for line in lines)
+        writes.call(folder / f"{split.name}.{lang}", _write_lines, folder / f"{split.name}.{lang}", lines)
 
 
-def _sibling(out_dir: Path, role: str) -> Path:
-    """A hidden, unused name beside `out_dir` (same filesystem, so renames are atomic)."""
-    return out_dir.parent / f".{out_dir.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}"
+def _write_lines(path: Path, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 def load_prepared(path: str | Path) -> PreparedData:

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from ..distributed import DistInfo
-from ..io import atomic_write_text
+from .. import writes
+from ..writes import atomic_write_text
 from .state import LossWindow
 
 
@@ -62,8 +63,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.dist.is_main:
             return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        writes.append_line(self.path, json.dumps(record))
         if self._tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):

@@ -1,0 +1,94 @@
+"""The capacity-gap view (tiekd/size_view.py): Student's t in closed form, and the table by student size."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+
+@pytest.mark.parametrize("t, dof", [(12.706, 1), (4.303, 2), (3.182, 3), (2.776, 4), (2.571, 5), (2.447, 6),
+                                    (2.365, 7), (2.228, 10), (2.086, 20)])
+def test_the_t_distribution_gives_the_tabled_two_sided_5_percent_points(t, dof):
+    from tiekd.size_view import t_test_p
+
+    assert t_test_p(t, dof) == pytest.approx(0.05, abs=2e-4)
+    assert t_test_p(-t, dof) == t_test_p(t, dof) and t_test_p(0.0, dof) == pytest.approx(1.0)
+
+
+def test_the_closed_forms_for_1_and_2_degrees_of_freedom():
+    from tiekd.size_view import t_test_p
+
+    for t in (0.3, 1.0, 4.0):
+        assert t_test_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t))  # the Cauchy
+        assert t_test_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+
+
+def test_paired_over_seeds_is_the_naive_t_statistic():
+    from tiekd.size_view import paired_over_seeds
+
+    d = [0.5, 1.1, 0.2]
+    result = paired_over_seeds(d)
+    mean = sum(d) / 3
+    std = (sum((x - mean) ** 2 for x in d) / 2) ** 0.5
+    assert result["mean"] == pytest.approx(mean) and result["std"] == pytest.approx(std)
+    assert result["t"] == pytest.approx(mean / (std / 3 ** 0.5))
+    assert paired_over_seeds([0.4])["p"] is None  # one seed: no test over seeds
+
+
+def _model(folder, preset, tokenizer):
+    import torch
+
+    from tiekd.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(preset, tokenizer)
+    (folder / "model").mkdir(parents=True)
+    model.config.save_pretrained(folder / "model")
+
+
+def _row(tmp_path, tokenizer, name, size, seed, bleu, diffs, curve):
+    folder = tmp_path / f"{name}-{size}-{seed}"
+    _model(folder, size, tokenizer)
+    (folder / "run").mkdir()
+    records = [{"kind": "valid", "step": 100 * (i + 1), "bleu": b, "train_core_seconds": 360.0 * (i + 1)}
+               for i, b in enumerate(curve)]
+    (folder / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"name": name, "method": name.lower(), "size": size, "seed": seed, "folder": str(folder),
+            "baseline": "No-KD" if name == "No-KD" else None,
+            "scores": {"pooled": {"bleu": bleu, "chrf": 2 * bleu}}, "analysis": {"top1_agreement": 0.5},
+            "significance": {key: {"diff": d, "p_value": 0.01} for key, d in diffs.items()}}
+
+
+def test_the_table_by_size_orders_sizes_by_parameters_and_tests_over_seeds(tmp_path, prepared):
+    from tiekd import size_view
+    from tiekd.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(prepared / "tokenizer")
+    _model(tmp_path / "teacher", "tiny", tokenizer)
+    flat = [10.0] * 12                               # converged: no gain late
+    rising = [float(i) for i in range(12)]           # still learning: the last quarter gains
+    rows = [_row(tmp_path, tokenizer, "No-KD", size, seed, 20.0 + seed, {}, flat)
+            for size in ("micro", "nano") for seed in (1, 2, 3)]
+    rows += [_row(tmp_path, tokenizer, "TIE-KD", "micro", seed, 21.0 + seed, {"vs_no_kd": d}, flat)
+             for seed, d in ((1, 1.0), (2, 1.2), (3, 0.8))]
+    rows += [_row(tmp_path, tokenizer, "TIE-KD", "nano", seed, 20.0, {"vs_no_kd": d}, rising)
+             for seed, d in ((1, -0.1), (2, 0.3), (3, 0.1))]
+    table = {"teacher": {"model": str(tmp_path / "teacher" / "model")}, "students": rows}
+    lines = size_view.size_lines(table, "pooled")
+
+    assert [(line["size"], line["name"]) for line in lines] == [
+        ("micro", "No-KD"), ("micro", "TIE-KD"), ("nano", "No-KD"), ("nano", "TIE-KD")]
+    micro = lines[1]
+    assert micro["params"] > lines[2]["params"] and 0 < micro["share"] < 1
+    against = micro["against"]["No-KD"]
+    assert against["mean"] == pytest.approx(1.0) and against["p"] == pytest.approx(
+        size_view.t_test_p(1.0 / (statistics.stdev([1.0, 1.2, 0.8]) / 3 ** 0.5), 2))
+    assert micro["core_hours"] == [pytest.approx(1.2)] * 3  # the last validation's 4,320 CPU seconds
+    assert micro["late_gain"] == [0.0] * 3
+    assert lines[3]["late_gain"][0] == pytest.approx(11 - 1 - (8 - 1))  # mean(9,10,11) - mean(6,7,8)
+    text = "\n".join(size_view.markdown(lines, ["No-KD"], "all 4 test sets pooled", "gain.png"))
+    assert "| micro | " in text and "not converged" in text.split("| nano |")[-1]
+    assert size_view.plot_gains(lines, "No-KD", tmp_path / "gain.png", "pooled").is_file()
