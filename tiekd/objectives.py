@@ -26,7 +26,15 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from . import losses
 from .config import RunConfig
+from .config_fields import InvalidConfig
+from .errors import TiekdError
 from .methods import get_method
+
+# the settings a method reads, named as `tiekd distill` names them (RunConfig's fields and defaults)
+KD_SETTINGS = ("label_smoothing", "kd_alpha", "kd_temperature", "topk", "iterative_passes", "iterative_start_update",
+               "ranking", "selective_ratio", "jsd_beta", "skew_alpha", "on_policy_lambda", "on_policy_divergence",
+               "on_policy_sampling")
+IGNORE_INDEX = -100  # Hugging Face's label padding; tiekd pads labels with the pad id
 
 
 def with_temperature(loss_fn, temperature: float):
@@ -78,6 +86,46 @@ class DistillationObjective(nn.Module):
             self.kd_loss = with_temperature(self.kd_loss, config.kd_temperature)
         self.token_mask = self.method.token_mask(config) if self.method.token_mask is not None else None
 
+    @classmethod
+    def for_method(cls, method: str, student, teacher=None, **settings) -> "DistillationObjective":
+        """The objective of `method` for your own training code, without a RunConfig: `settings` are the
+        `tiekd distill` settings of KD_SETTINGS (the rest keep their defaults), checked by the same rules.
+
+            objective = DistillationObjective.for_method("tie-kd", student, teacher, topk=5)
+            loss, parts = objective.mean_loss(input_ids, attention_mask, labels)
+            loss.backward()
+
+        `teacher` is frozen and put in eval mode; it must share the student's vocabulary."""
+        unknown = sorted(set(settings) - set(KD_SETTINGS))
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], KD_SETTINGS, n=1)
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + f"; the settings are {', '.join(KD_SETTINGS)}")
+        known = _known_methods().get(method)  # an unknown method is refused below, with the choices
+        if known is not None and known.teacher_targets:
+            raise TiekdError(f"method {method!r} trains on the teacher's translations, not on a loss. Fix: write "
+                             "them with `tiekd distill-data` and train on them with method none")
+        if known is not None and known.needs_teacher and teacher is None:
+            raise TiekdError(f"method {method!r} needs a teacher. Fix: pass teacher=<a frozen seq2seq model>")
+        try:
+            config = RunConfig(data="-", out="-", method=method, teacher="(given)" if teacher is not None else "",
+                               **settings)
+        except InvalidConfig as error:
+            raise error.renamed(lambda key, with_key=True: key if with_key else "") from None
+        if teacher is not None:
+            check_same_vocabulary(student, teacher)
+        return cls(student, config, teacher)
+
+    def mean_loss(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss per target token of one batch, and its parts (ce, kd) per target token. `labels` may
+        be padded with the tokenizer's pad id or with Hugging Face's -100."""
+        labels = labels.masked_fill(labels == IGNORE_INDEX, self.pad_id)
+        total, parts = self(input_ids, attention_mask, labels)
+        tokens = (labels != self.pad_id).sum().clamp(min=1)
+        return total / tokens, {name: value / tokens for name, value in parts.items()}
+
     @property
     def teacher(self):
         return self._teacher.model if self._teacher is not None else None
@@ -95,6 +143,8 @@ class DistillationObjective(nn.Module):
         return output.logits, BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
 
     def forward(self, input_ids, attention_mask, labels):
+        """(loss summed over the batch's target tokens, its parts summed); the trainer divides both by the
+        update's global target-token count."""
         config = self.config
         decoder_input = shift_right(labels, self.start_id)
         student_logits, student_encoded = self._first_student_pass(input_ids, attention_mask, decoder_input)
@@ -157,3 +207,26 @@ class DistillationObjective(nn.Module):
         kd = self.kd_loss(student_logits, teacher_logits, own, self.pad_id)
         own_tokens = (own != self.pad_id).sum().clamp(min=1)
         return kd * ((labels != self.pad_id).sum() / own_tokens)
+
+
+def _known_methods():
+    from .methods import METHODS
+
+    return METHODS
+
+
+def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_tokenizer=None) -> None:
+    """Refuse a teacher whose output vocabulary is not the student's: KD compares their distributions
+    token by token. With tokenizers, their vocabularies must match entry for entry as well."""
+    sizes = (student.config.vocab_size, teacher.config.vocab_size)
+    if sizes[0] != sizes[1]:
+        raise TiekdError(f"the teacher's vocabulary has {sizes[1]:,} entries and the student's {sizes[0]:,}: "
+                         "KD needs one vocabulary. Fix: build the student with the teacher's tokenizer")
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        from .tokenizer import vocab_fingerprint
+
+        prints = vocab_fingerprint(student_tokenizer), vocab_fingerprint(teacher_tokenizer)
+        if prints[0] != prints[1]:
+            raise TiekdError(f"the tokenizers differ (student vocabulary {prints[0][0]:,} entries, fingerprint "
+                             f"{prints[0][1]}; teacher {prints[1][0]:,}, {prints[1][1]}). Fix: use the teacher's "
+                             "tokenizer for the student and its data")
