@@ -13,9 +13,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import TiekdError
+from .data.encoding import _marian_encoder, encode_flat, encode_texts  # noqa: F401  (their home before)
 from .io import read_lines
 
 
@@ -30,56 +32,18 @@ class EncodedCorpus:
     def __len__(self) -> int:
         return len(self.sources)
 
+    # the interface EncodedCorpus shares with tiekd.data.binarized.MappedCorpus (ids on disk)
+    def source(self, index: int) -> list[int]:
+        return self.sources[index]
 
-def encode_texts(tokenizer, lines: list[str], batch: int = 2000, target: bool = False) -> list[list[int]]:
-    """Token ids of each line, `</s>` appended; `target` lines go through the tokenizer's target model
-    (a Marian tokenizer with separate source and target SentencePiece models, as OPUS-MT's).
+    def target(self, index: int) -> list[int]:
+        return self.targets[index]
 
-    A Marian tokenizer's own call runs its pieces through Python one line at a time; the same ids come
-    about 5x faster from SentencePiece's batch encoder and one dictionary lookup per piece
-    (`_marian_encoder`), which matters for a large corpus at every run's start. Other tokenizers go
-    through their own call. Either way `batch` lines at a time, so only one batch's pieces exist at once."""
-    fast = _marian_encoder(tokenizer, target)
-    ids: list[list[int]] = []
-    for start in range(0, len(lines), batch):
-        chunk = list(lines[start:start + batch])
-        ids.extend(fast(chunk) if fast is not None else _own_ids(tokenizer, chunk, target))
-    return ids
+    def source_lengths(self) -> np.ndarray:
+        return np.fromiter(map(len, self.sources), dtype=np.int64, count=len(self.sources))
 
-
-def _own_ids(tokenizer, lines: list[str], target: bool) -> list[list[int]]:
-    """The ids of the tokenizer's own call (source side, or target side with `target`)."""
-    encoded = tokenizer(text_target=lines) if target else tokenizer(lines, add_special_tokens=True)
-    return encoded["input_ids"]
-
-
-def _marian_encoder(tokenizer, target: bool):
-    """For a `MarianTokenizer`, a function giving a list of lines the very ids of the tokenizer's own call
-    (pieces of the source or target SentencePiece model, looked up among the added tokens, then in that
-    side's vocabulary, then as <unk>; then </s>); None for another tokenizer.
-
-    Lines that the tokenizer treats specially go through its own call: a leading language code
-    (`>>fr<<`) and any special or added token written out in the text (`</s>`, `<pad>`, ...)."""
-    from transformers import MarianTokenizer
-
-    if not isinstance(tokenizer, MarianTokenizer):
-        return None
-    model = tokenizer.spm_target if target else tokenizer.spm_source
-    vocabulary = tokenizer.target_encoder if target and tokenizer.separate_vocabs else tokenizer.encoder
-    lookup = {**vocabulary, **tokenizer.added_tokens_encoder}  # the tokenizer looks added tokens up first
-    unknown, end = vocabulary[tokenizer.unk_token], tokenizer.eos_token_id
-    marked = [str(t) for t in (*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder)]
-
-    def encode(lines: list[str]) -> list[list[int]]:
-        ids = [[lookup.get(piece, unknown) for piece in pieces] + [end]
-               for pieces in model.encode(lines, out_type=str)]
-        special = [k for k, line in enumerate(lines) if line.startswith(">>") or any(m in line for m in marked)]
-        if special:
-            for k, one in zip(special, _own_ids(tokenizer, [lines[k] for k in special], target)):
-                ids[k] = one
-        return ids
-
-    return encode
+    def target_lengths(self) -> np.ndarray:
+        return np.fromiter(map(len, self.targets), dtype=np.int64, count=len(self.targets))
 
 
 def encode_pair_files(tokenizer, source_path: Path, target_path: Path, max_positions: int = 512) -> EncodedCorpus:
@@ -122,10 +86,13 @@ def make_batches(corpus: EncodedCorpus, max_tokens: int) -> list[list[int]]:
     Sorting by (target, source) length before cutting keeps padding low (length bucketing); a single
     pair longer than `max_tokens` gets a batch of its own.
     """
-    order = sorted(range(len(corpus)), key=lambda i: (len(corpus.targets[i]), len(corpus.sources[i]), i))
+    source_lengths, target_lengths = corpus.source_lengths(), corpus.target_lengths()
+    # the order of sorted(key=(target length, source length, index)), from numpy: a corpus of millions
+    # of pairs is sorted in a second
+    order = np.lexsort((np.arange(len(corpus)), source_lengths, target_lengths))
+    longest_side = np.maximum(source_lengths, target_lengths)[order]
     batches, current, longest = [], [], 0
-    for index in order:
-        length = max(len(corpus.sources[index]), len(corpus.targets[index]))
+    for index, length in zip(order.tolist(), longest_side.tolist()):
         if current and max(longest, length) * (len(current) + 1) > max_tokens:
             batches.append(current)
             current, longest = [], 0
@@ -141,17 +108,17 @@ def epoch_order(num_batches: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_batches, generator=generator).tolist()
 
 
-def collate(corpus: EncodedCorpus, indices: list[int]) -> Batch:
+def collate(corpus, indices: list[int]) -> Batch:
+    """The padded batch of pairs `indices` of an EncodedCorpus or a MappedCorpus."""
     pad = corpus.pad_id
-    src_len = max(len(corpus.sources[i]) for i in indices)
-    tgt_len = max(len(corpus.targets[i]) for i in indices)
-    input_ids = torch.full((len(indices), src_len), pad, dtype=torch.long)
-    labels = torch.full((len(indices), tgt_len), pad, dtype=torch.long)
-    for row, i in enumerate(indices):
-        input_ids[row, : len(corpus.sources[i])] = torch.tensor(corpus.sources[i])
-        labels[row, : len(corpus.targets[i])] = torch.tensor(corpus.targets[i])
-    return Batch(input_ids, (input_ids != pad).long(), labels, indices,
-                 sum(len(corpus.targets[i]) for i in indices))
+    sources = [corpus.source(i) for i in indices]
+    targets = [corpus.target(i) for i in indices]
+    input_ids = torch.full((len(indices), max(map(len, sources))), pad, dtype=torch.long)
+    labels = torch.full((len(indices), max(map(len, targets))), pad, dtype=torch.long)
+    for row, (source, target) in enumerate(zip(sources, targets)):
+        input_ids[row, : len(source)] = torch.from_numpy(np.asarray(source, dtype=np.int64))
+        labels[row, : len(target)] = torch.from_numpy(np.asarray(target, dtype=np.int64))
+    return Batch(input_ids, (input_ids != pad).long(), labels, indices, sum(map(len, targets)))
 
 
 def update_batches(batch_ids: list[int], update_index_in_epoch: int, world_size: int, rank: int,

@@ -20,6 +20,7 @@ takes every W-th shard (rank r: shards r, r + W, ...) and rank 0 merges them:
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import typing
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from .decode_limits import MAX_DECODE_LENGTH
 from .errors import TiekdError
-from .io import atomic_write_json, atomic_write_text, read_lines
+from . import writes
+from .io import atomic_write_json, atomic_write_text, count_lines, iter_lines
 
 # tiekd.distributed (torch) is imported where it is used: the command line builds its parser from this
 # module and `tiekd --help` should not wait seconds for torch
@@ -236,12 +238,12 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
     options = options or DistillationOptions()
     options.validate()
     out_path = Path(out_path)
-    sources = read_lines(sources_path)
-    references = read_lines(references_path) if references_path else None
-    if references is not None and len(references) != len(sources):
-        raise TiekdError(f"{references_path}: {len(references)} lines, but {sources_path} has {len(sources)}. "
+    # streamed: the sources (and references) are counted here, and read a shard at a time below
+    count = count_lines(sources_path)
+    if references_path and (references := count_lines(references_path)) != count:
+        raise TiekdError(f"{references_path}: {references} lines, but {sources_path} has {count}. "
                          "Fix: pass the reference file aligned line by line with the sources")
-    if options.select == "chrf" and references is None:
+    if options.select == "chrf" and not references_path:
         raise TiekdError("--select chrf chooses by the reference: it needs --references. Fix: pass the references, "
                          "or use --select best for monolingual source text")
     work_dir = Path(work_dir) if work_dir else out_path.parent / f".{out_path.name}.work"
@@ -253,7 +255,7 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
     teacher = Path(teacher)
     _check_teacher_folder(teacher, options)
     size = options.shard_size
-    spans = [(start, min(start + size, len(sources))) for start in range(0, len(sources), size)]
+    spans = [(start, min(start + size, count)) for start in range(0, count, size)]
     left = [k for k, (a, b) in enumerate(spans)
             if not _shard_is_complete(shards_dir / f"{k:06d}.txt", shards_dir / f"{k:06d}.json", b - a)]
     todo = [k for k in left if k % dist.world_size == dist.rank]
@@ -273,10 +275,12 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
                    unit="sent", disable=quiet or not dist.is_main, dynamic_ncols=True)
         engine = _open_engine(teacher, work_dir, options, model) if todo else None
         translated, seconds = 0, 0.0
-        for k in todo:
+        shard_sources = _shards(sources_path, spans, todo)
+        shard_references = _shards(references_path, spans, todo) if references_path else itertools.repeat(None)
+        for k, shard, references in zip(todo, shard_sources, shard_references):
             a, b = spans[k]
             started = time.perf_counter()
-            targets, record = _translate_shard(engine, sources[a:b], references[a:b] if references else None, options)
+            targets, record = _translate_shard(engine, shard, references, options)
             seconds += time.perf_counter() - started
             translated += b - a
             # text first, record last: a shard counts as done only once both exist and agree
@@ -296,6 +300,18 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
     done = _together(dist, work_dir, "translate", translate)
     _together(dist, work_dir, "merge", merge)
     return json.loads(out_path.with_name(out_path.name + ".json").read_text(encoding="utf-8"))
+
+
+def _shards(path: str | Path, spans: list[tuple[int, int]], chosen: list[int]):
+    """The lines of shards `chosen` (ascending) of a text file, one shard at a time, read in one pass."""
+    lines = iter_lines(path)
+    position = 0
+    for k in chosen:
+        start, end = spans[k]
+        for _ in itertools.islice(lines, start - position):
+            pass
+        yield list(itertools.islice(lines, end - start))
+        position = end
 
 
 def _together(dist: DistInfo, work_dir: Path, stage: str, action):
@@ -326,11 +342,15 @@ def _merge_shards(out_path: Path, shards_dir: Path, work_dir: Path, spans: list[
     """Write the targets file from the shards, then its report beside it."""
     sources = spans[-1][1] if spans else 0
     records = [json.loads((shards_dir / f"{k:06d}.json").read_text(encoding="utf-8")) for k in range(len(spans))]
-    text = "".join((shards_dir / f"{k:06d}.txt").read_text(encoding="utf-8") for k in range(len(spans)))
-    if text.count("\n") != sources:  # cannot happen unless the shards were edited by hand
-        raise TiekdError(f"{shards_dir}: the shards hold {text.count(chr(10))} lines for {sources} sources. "
-                         f"Fix: delete {work_dir} and build again")
-    atomic_write_text(out_path, text)
+    with writes.atomic_stream(out_path) as sink:  # a shard at a time: the targets are never held whole
+        lines = 0
+        for k in range(len(spans)):
+            text = (shards_dir / f"{k:06d}.txt").read_text(encoding="utf-8")
+            lines += text.count("\n")
+            sink.write(text)
+        if lines != sources:  # cannot happen unless the shards were edited by hand
+            raise TiekdError(f"{shards_dir}: the shards hold {lines} lines for {sources} sources. "
+                             f"Fix: delete {work_dir} and build again")
     report = {**settings, "threads": options.threads, "out": str(out_path), "sentences": sources,
               **{key: sum(r[key] for r in records) for key in ("empty", "runaway", "not_1best")},
               "translated_now": translated,

@@ -41,11 +41,12 @@ def train_joint_sentencepiece(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        joint = Path(tmp) / "joint.txt"
-        with joint.open("w", encoding="utf-8") as sink:
-            for path in text_files:
-                with open(path, encoding="utf-8") as source:
-                    shutil.copyfileobj(source, sink)
+        joint = Path(text_files[0]) if len(text_files) == 1 else Path(tmp) / "joint.txt"
+        if len(text_files) > 1:  # SentencePiece reads one file
+            with joint.open("w", encoding="utf-8") as sink:
+                for path in text_files:
+                    with open(path, encoding="utf-8") as source:
+                        shutil.copyfileobj(source, sink)
         prefix = Path(tmp) / "spm"
         spm.set_random_generator_seed(seed)  # sentence sampling is random: fix it for reproducible vocabularies
         spm.SentencePieceTrainer.train(
@@ -84,12 +85,29 @@ def load_tokenizer(path: str | Path):
     if not path.is_dir():
         raise TiekdError(f"{path}: no such folder. Fix: pass a prepared-data tokenizer folder or a model folder")
     try:
+        if _marian_layout(path):  # the class AutoTokenizer would pick, without its config machinery (and torch)
+            from transformers import MarianTokenizer
+
+            return MarianTokenizer.from_pretrained(str(path))
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises many kinds here
         raise TiekdError(
             f"{path}: not a tokenizer folder ({type(exc).__name__}: {exc}). "
             "Fix: pass a folder written by `tiekd prepare` (its tokenizer/) or by `save_pretrained`"
         ) from exc
+
+
+def _marian_layout(path: Path) -> bool:
+    """Whether `path` holds a Marian tokenizer: its SentencePiece models and vocabulary, and a config that
+    names MarianTokenizer or none."""
+    if not all((path / name).is_file() for name in ("source.spm", "target.spm", "vocab.json")):
+        return False
+    config = path / "tokenizer_config.json"
+    try:
+        named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    except (ValueError, OSError):
+        return False
+    return named in (None, "MarianTokenizer")
 
 
 def vocab_fingerprint(tokenizer) -> tuple[int, str]:

@@ -27,6 +27,7 @@ from .errors import TiekdError
 from .io import atomic_write_json
 from .methods import get_method
 from .models import parameter_count, zero_pad_row_grad
+from .data.binarized import load_corpus
 from .objectives import DistillationObjective
 from .runfolder import prepare_run_folder
 from .tokenizer import load_tokenizer
@@ -95,11 +96,12 @@ class Trainer:
         train_files = training_pair_files(config, self.prepared, self.teacher, self.out, self.dist, self.quiet)
         if not online:
             self.teacher = None  # it has decoded the targets: training needs its memory more
-        self.train_corpus = batching.encode_pair_files(self.tokenizer, *train_files, max_positions)
+        self.train_corpus = load_corpus(self.prepared, train_files, self.tokenizer, max_positions)
         self.validator = Validator(self.tokenizer, *split_files(self.prepared, config.valid_split), config, self.dist,
-                                   self.device, max_positions)
+                                   self.device, max_positions, self.prepared)
         self.batches = batching.make_batches(self.train_corpus, config.max_tokens)
-        self.batch_tokens = [sum(len(self.train_corpus.targets[i]) for i in ids) for ids in self.batches]
+        target_lengths = self.train_corpus.target_lengths()
+        self.batch_tokens = [int(target_lengths[ids].sum()) for ids in self.batches]
 
         self.optimizer = make_optimizer(self.student, config)
         self.scheduler = make_run_scheduler(self.optimizer, config,

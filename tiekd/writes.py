@@ -215,17 +215,33 @@ def _bytes_in(path: Path) -> int:
 # ------------------------------------------------------------------ files
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temporary sibling, flush and fsync it, then rename it over `path`."""
+    with atomic_stream(path, binary=True, needed=_megabytes(len(data))) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, value) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_stream(path: str | Path, binary: bool = False, needed: str | None = None):
+    """A file written a piece at a time (UTF-8 text with LF endings, or bytes): yields the open temporary,
+    which replaces `path` once the block ends without error (fsynced first); removed on any error."""
     path = Path(path)
-    with guarded(path, _megabytes(len(data))):
+    with guarded(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path.parent)
     tmp = temporary_path(path)
     _live.add(str(tmp))
     try:
-        with guarded(path, _megabytes(len(data))):
-            with open(tmp, "wb") as handle:
+        with guarded(path, needed):
+            with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="\n") as handle:
                 write_point(path)
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -236,14 +252,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
     finally:
         _live.discard(str(tmp))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, value) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def append_line(path: str | Path, line: str) -> None:

@@ -1,4 +1,5 @@
-"""Reading and validating parallel text: two aligned files (one sentence a line) or one TSV of pairs.
+"""Reading and validating parallel text, streamed: two aligned files (one sentence a line) or one TSV
+of pairs, a line at a time, so a corpus of any size costs the memory of one line.
 
 Every problem is reported as a `TiekdError` naming the file, the 1-based line and the fix. Accepted and
 normalised on the way in: CRLF endings (counted), a UTF-8 byte-order mark, whitespace around each
@@ -9,7 +10,9 @@ space (counted) so that every reader of the cleaned files, `str.splitlines` incl
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,130 +20,163 @@ from ..errors import TiekdError, input_error
 
 # characters that Python's str.splitlines() or universal-newline reading would treat as a line end
 _INNER_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
-class TextLines:
-    """The lines of one UTF-8 text file, CRLF and stray line breaks already normalised (not stripped)."""
+class TextStats:
+    """What reading one file found; complete once its lines have all been read."""
 
     path: Path
-    lines: list[str]
-    sha256: str
+    sha256: str = ""
+    bytes: int = 0
     crlf_lines: int = 0
     line_breaks_replaced: int = 0
+
+    def record(self) -> dict:
+        """What meta.json records about an input file."""
+        return {"path": str(self.path.resolve()), "sha256": self.sha256, "bytes": self.bytes}
 
 
 @dataclass
-class ParallelText:
-    """Aligned sentence pairs of one split, empty pairs already skipped.
-
-    `line_numbers[i]` is the 1-based input line of pair i, so later filters can still point at the input.
-    """
+class SplitCounts:
+    """What reading one split found: pairs read and skipped, normalisations, and its input files."""
 
     name: str
-    sources: list[str]
-    targets: list[str]
-    line_numbers: list[int]
-    inputs: dict  # {"source": {...}, "target": {...}} or {"tsv": {...}}: path, sha256, bytes
-    read: int = 0  # pairs in the input, before skipping
+    read: int = 0
+    kept: int = 0
     skipped_empty: int = 0
-    crlf_lines: int = 0
-    line_breaks_replaced: int = 0
-    filtered: dict[str, int] = field(default_factory=dict)  # reason -> pairs removed (training split only)
+    files: dict[str, TextStats] = field(default_factory=dict)  # "source"/"target", or "tsv"
+    filtered: dict[str, int] = field(default_factory=dict)     # reason -> pairs removed (training split only)
+
+    @property
+    def crlf_lines(self) -> int:
+        return sum(s.crlf_lines for s in self.files.values())
+
+    @property
+    def line_breaks_replaced(self) -> int:
+        return sum(s.line_breaks_replaced for s in self.files.values())
+
+    @property
+    def inputs(self) -> dict:
+        return {side: stats.record() for side, stats in self.files.items()}
 
 
-def read_text_lines(path: str | Path) -> TextLines:
-    """Read a UTF-8 text file as a list of lines, with clear errors for a missing, empty or non-UTF-8 file."""
+def check_text_file(path: str | Path) -> Path:
+    """`path` if it is a readable file with some text; clear errors for a missing, empty or folder path
+    (the cheap checks, made for every input before any is read in full)."""
     path = Path(path)
     if not path.exists():
         raise input_error(path, "no such file", "check the path (it is read relative to the current folder)")
     if path.is_dir():
         raise input_error(path, "is a folder, not a text file", "pass the text file itself")
-    data = path.read_bytes()
-    if not data.strip():
-        raise input_error(path, "the file is empty (no text)", "pass the file that holds the sentences, one a line")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_start = data.rfind(b"\n", 0, exc.start) + 1
-        line = data.count(b"\n", 0, exc.start) + 1
-        bad = data[exc.start:exc.end]
-        raise input_error(
-            path, f"invalid UTF-8 (byte {bad!r} at byte offset {exc.start - line_start} of the line, "
-                  f"{exc.start} of the file)",
-            "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`) or fix that line",
-            line=line,
-        ) from None
-    if "\n" not in text and "\r" in text:
-        raise input_error(path, "uses old Mac (CR-only) line endings", r"convert them, e.g. `tr '\r' '\n' < IN > OUT`")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    raw_lines = text.split("\n")
-    if raw_lines[-1] == "":  # the usual final newline, not an extra empty line
-        raw_lines.pop()
-    lines, crlf, replaced = [], 0, 0
-    for line in raw_lines:
-        if line.endswith("\r"):
-            line = line[:-1]
-            crlf += 1
-        if _INNER_BREAKS.search(line):
-            line = _INNER_BREAKS.sub(" ", line)
-            replaced += 1
-        lines.append(line)
-    return TextLines(path, lines, hashlib.sha256(data).hexdigest(), crlf, replaced)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 16):
+            if block.strip():
+                return path
+    raise input_error(path, "the file is empty (no text)", "pass the file that holds the sentences, one a line")
 
 
-def file_record(text: TextLines) -> dict:
-    """What meta.json records about an input file."""
-    return {"path": str(text.path.resolve()), "sha256": text.sha256, "bytes": text.path.stat().st_size}
+def iter_text_lines(path: str | Path, stats: TextStats | None = None) -> Iterator[str]:
+    """The lines of a UTF-8 text file (CRLF and stray line breaks normalised, not stripped), read one at
+    a time; `stats` is filled on the way (its SHA-256 once the last line is read)."""
+    path = check_text_file(path)
+    stats = stats if stats is not None else TextStats(path)
+    digest = hashlib.sha256()
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            digest.update(raw)
+            body = raw[:-1] if raw.endswith(b"\n") else raw
+            skip = len(_BOM) if number == 1 and body.startswith(_BOM) else 0
+            try:
+                line = body[skip:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = body[skip + exc.start:skip + exc.end]
+                raise input_error(
+                    path, f"invalid UTF-8 (byte {bad!r} at byte offset {skip + exc.start} of the line, "
+                          f"{offset + skip + exc.start} of the file)",
+                    "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`) or fix that line",
+                    line=number,
+                ) from None
+            if number == 1 and not raw.endswith(b"\n") and "\r" in line:
+                raise input_error(path, "uses old Mac (CR-only) line endings",
+                                  r"convert them, e.g. `tr '\r' '\n' < IN > OUT`")
+            if line.endswith("\r"):
+                line = line[:-1]
+                stats.crlf_lines += 1
+            if _INNER_BREAKS.search(line):
+                line = _INNER_BREAKS.sub(" ", line)
+                stats.line_breaks_replaced += 1
+            offset += len(raw)
+            yield line
+    stats.sha256, stats.bytes = digest.hexdigest(), offset
 
 
-def read_parallel(source: str | Path, target: str | Path, *, name: str, empty: str = "skip") -> ParallelText:
-    """Read two aligned files. Pairs with an empty side are skipped (`empty="skip"`) or an error."""
-    src, tgt = read_text_lines(source), read_text_lines(target)
-    if len(src.lines) != len(tgt.lines):
-        longer, shorter = (src, tgt) if len(src.lines) > len(tgt.lines) else (tgt, src)
-        raise input_error(
-            longer.path,
-            f"line {len(shorter.lines) + 1} has no partner: {src.path} has {len(src.lines)} lines but "
-            f"{tgt.path} has {len(tgt.lines)} lines ({name} split)",
-            "the source and target files must be aligned line by line; pass the matching pair of files",
-            line=len(shorter.lines) + 1,
-        )
-    pairs = ParallelText(
-        name, [], [], [], {"source": file_record(src), "target": file_record(tgt)}, read=len(src.lines),
-        crlf_lines=src.crlf_lines + tgt.crlf_lines,
-        line_breaks_replaced=src.line_breaks_replaced + tgt.line_breaks_replaced,
-    )
-    for number, (s, t) in enumerate(zip(src.lines, tgt.lines), start=1):
+def read_text_lines(path: str | Path) -> tuple[list[str], TextStats]:
+    """All lines of a UTF-8 text file (see `iter_text_lines`), for files small enough to hold."""
+    stats = TextStats(Path(path))
+    return list(iter_text_lines(path, stats)), stats
+
+
+def iter_parallel(source: str | Path, target: str | Path, counts: SplitCounts, *,
+                  empty: str = "skip") -> Iterator[tuple[int, str, str]]:
+    """(input line, source, target) of each pair of two aligned files, stripped; pairs with an empty
+    side are skipped (`empty="skip"`, counted) or an error."""
+    source, target = check_text_file(source), check_text_file(target)
+    src, tgt = TextStats(source), TextStats(target)
+    counts.files = {"source": src, "target": tgt}
+    number = 0
+    for number, (s, t) in enumerate(itertools.zip_longest(iter_text_lines(source, src), iter_text_lines(target, tgt)),
+                                    start=1):
+        if s is None or t is None:
+            raise _no_partner(number, source, target, s is None, counts.name)
+        counts.read += 1
         s, t = s.strip(), t.strip()
         if not s or not t:
             if empty == "error":
                 raise input_error(
-                    src.path if not s else tgt.path, f"empty sentence ({name} split)",
+                    source if not s else target, f"empty sentence ({counts.name} split)",
                     "remove the pair from both files, or use --empty skip to skip such pairs", line=number,
                 )
-            pairs.skipped_empty += 1
+            counts.skipped_empty += 1
             continue
-        pairs.sources.append(s)
-        pairs.targets.append(t)
-        pairs.line_numbers.append(number)
-    _check_not_all_empty(pairs, src.path)
-    return pairs
+        counts.kept += 1
+        yield number, s, t
+    _check_not_all_empty(counts, source)
 
 
-def read_tsv(path: str | Path, *, name: str, empty: str = "skip") -> ParallelText:
-    """Read `source<TAB>target` lines. A blank line counts as an empty pair; any other line needs one tab."""
-    text = read_text_lines(path)
-    pairs = ParallelText(
-        name, [], [], [], {"tsv": file_record(text)}, read=len(text.lines), crlf_lines=text.crlf_lines,
-        line_breaks_replaced=text.line_breaks_replaced,
+def _no_partner(number: int, source: Path, target: Path, source_ended: bool, name: str) -> TiekdError:
+    """The error for two files of different lengths, with both lengths (the longer one read to its end)."""
+    longer, shorter = (target, source) if source_ended else (source, target)
+    longer_lines = number + sum(1 for _ in itertools.islice(_raw_lines(longer), number, None))
+    lengths = {shorter: number - 1, longer: longer_lines}
+    return input_error(
+        longer,
+        f"line {number} has no partner: {source} has {lengths[source]} lines but {target} has {lengths[target]} "
+        f"lines ({name} split)",
+        "the source and target files must be aligned line by line; pass the matching pair of files",
+        line=number,
     )
-    for number, line in enumerate(text.lines, start=1):
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        yield from handle
+
+
+def iter_tsv(path: str | Path, counts: SplitCounts, *, empty: str = "skip") -> Iterator[tuple[int, str, str]]:
+    """(input line, source, target) of `source<TAB>target` lines. A blank line counts as an empty pair;
+    any other line needs exactly one tab."""
+    path = check_text_file(path)
+    stats = TextStats(path)
+    counts.files = {"tsv": stats}
+    for number, line in enumerate(iter_text_lines(path, stats), start=1):
+        counts.read += 1
         if line.strip():
             if line.count("\t") != 1:
                 raise input_error(
-                    text.path, f"expected exactly one tab (source<TAB>target), found {line.count(chr(9))}",
+                    path, f"expected exactly one tab (source<TAB>target), found {line.count(chr(9))}",
                     "write each pair as source, one tab, target; remove or escape other tabs in that line",
                     line=number,
                 )
@@ -151,21 +187,26 @@ def read_tsv(path: str | Path, *, name: str, empty: str = "skip") -> ParallelTex
             if empty == "error":
                 side = "both sides are" if not s and not t else f"the {'source' if not s else 'target'} side is"
                 raise input_error(
-                    text.path, f"{side} empty ({name} split)",
+                    path, f"{side} empty ({counts.name} split)",
                     "remove that line, or use --empty skip to skip such pairs", line=number,
                 )
-            pairs.skipped_empty += 1
+            counts.skipped_empty += 1
             continue
-        pairs.sources.append(s)
-        pairs.targets.append(t)
-        pairs.line_numbers.append(number)
-    _check_not_all_empty(pairs, text.path)
-    return pairs
+        counts.kept += 1
+        yield number, s, t
+    _check_not_all_empty(counts, path)
 
 
-def _check_not_all_empty(pairs: ParallelText, path: Path) -> None:
-    if not pairs.sources:
+def iter_split(files: Path | tuple[Path, Path], counts: SplitCounts, *, empty: str = "skip"):
+    """The pairs of one split given as a TSV path or a (source, target) pair of paths."""
+    if isinstance(files, Path):
+        return iter_tsv(files, counts, empty=empty)
+    return iter_parallel(*files, counts, empty=empty)
+
+
+def _check_not_all_empty(counts: SplitCounts, path: Path) -> None:
+    if not counts.kept:
         raise TiekdError(
-            f"{path}: no sentence pair left in the {pairs.name} split after skipping {pairs.skipped_empty} "
+            f"{path}: no sentence pair left in the {counts.name} split after skipping {counts.skipped_empty} "
             "with an empty side. Fix: pass files with text on both sides"
         )

@@ -19,18 +19,24 @@ interruption never leaves a partial folder under the output name.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
+
+import numpy as np
 
 from .. import __version__
 from ..errors import TiekdError, input_error
 from .. import writes
 from ..tokenizer import TOKENIZER_FILES, train_joint_sentencepiece
 from . import multi30k
-from .corpus import ParallelText, read_parallel, read_tsv
+from .encoding import encode_flat
+from .corpus import SplitCounts, check_text_file, iter_split
 
 META_NAME = "meta.json"
 TOKENIZER_DIR = "tokenizer"
@@ -64,6 +70,7 @@ def prepare_data(
     tsv_train: str | Path | None = None,
     vocab_size: int = 8000, max_tokens: int = 250, max_len_ratio: float = 9.0, max_chars: int = 10_000,
     empty: str = "skip", overwrite: bool = False, verbose: bool = True, tokenizer: str | Path | None = None,
+    tokenizer_sample: int = 500_000,
 ) -> Path:
     """Prepare Multi30k (the default; from `multi30k_dir`, a default location, or downloaded) or the user's
     files (`train` or `tsv_train`, plus `valid` and optional `tests`) into `out_dir`. Returns `out_dir`.
@@ -72,30 +79,40 @@ def prepare_data(
     reported; a different one is refused unless `overwrite`. A folder that is not a preparation is never
     replaced.
     With `tokenizer` (a Marian model or tokenizer folder, e.g. the teacher's own, OPUS-MT layout included)
-    its tokenizer is copied unchanged instead of training one, and `vocab_size` is its vocabulary's."""
+    its tokenizer is copied unchanged instead of training one, and `vocab_size` is its vocabulary's.
+    A trained tokenizer learns from at most `tokenizer_sample` training sentences (both sides; pairs drawn
+    at random with a fixed seed when the corpus has more).
+
+    The input is streamed: read, cleaned and filtered a line at a time, its ids encoded in chunks by
+    SentencePiece's threads (tiekd.batching.encode_flat) and written beside the text as memory-mappable
+    files (tiekd.data.binarized), so memory does not grow with the corpus."""
     log = print if verbose else (lambda *_: None)
     out_dir = Path(out_dir)
     options = _check_options(src_lang, tgt_lang, vocab_size, max_tokens, max_len_ratio, max_chars, empty)
     source_info, split_files = _resolve_inputs(
         src_lang, tgt_lang, multi30k_dir, download, multi30k_url, train, valid, tests, tsv_train, log,
     )
-    # read and validate everything before anything is written
-    splits = [
-        read_tsv(files, name=name, empty=empty) if isinstance(files, Path)
-        else read_parallel(*files, name=name, empty=empty)
-        for name, files in split_files.items()
-    ]
+    if isinstance(tokenizer_sample, bool) or not isinstance(tokenizer_sample, int) or tokenizer_sample < 2:
+        raise TiekdError(f"--tokenizer-sample {tokenizer_sample!r} is out of range. Fix: use a whole number of "
+                         "sentences of at least 2 (default 500,000)")
+    for files in split_files.values():  # the cheap checks of every input before any is read in full
+        for path in (files,) if isinstance(files, Path) else files:
+            check_text_file(path)
     meta = {
         "format": FORMAT, "tiekd_version": __version__, "src_lang": src_lang, "tgt_lang": tgt_lang,
         "vocab_size": vocab_size, "options": options, "tokenizer": TOKENIZER_DIR,
-        "inputs": {**source_info, "splits": {s.name: s.inputs for s in splits}},
+        "inputs": {**source_info, "splits": {}},
     }
+    if tokenizer_sample != DEFAULT_TOKENIZER_SAMPLE:  # recorded (and fingerprinted) only when not the default
+        meta["tokenizer_sample"] = tokenizer_sample
     if tokenizer is not None:
         from ..tokenizer import load_tokenizer, vocab_fingerprint
 
         size, digest = vocab_fingerprint(load_tokenizer(tokenizer))
         meta["vocab_size"] = size
         meta["tokenizer_from"] = {"path": str(Path(tokenizer).resolve()), "vocab_sha256": digest}
+    if (out_dir / META_NAME).is_file():  # hash the inputs (one streamed read) to see whether it is done
+        meta["inputs"]["splits"] = {name: _hashed(files) for name, files in split_files.items()}
     if _already_prepared(out_dir, meta, overwrite):
         existing = json.loads((out_dir / META_NAME).read_text(encoding="utf-8"))
         log(f"{out_dir}: already prepared from the same inputs and options; nothing to do")
@@ -104,8 +121,8 @@ def prepare_data(
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
     try:
-        with writes.staged_folder(out_dir, role="building") as build:
-            _build(build, splits, meta, log)
+        with _only_writer(out_dir), writes.staged_folder(out_dir, role="building") as build:
+            _build(build, split_files, meta, log, empty, tokenizer_sample)
     except Exception:
         for folder in created:  # innermost first; only folders this call made, and only if still empty
             try:
@@ -237,49 +254,167 @@ def _fingerprint(meta: dict) -> dict:
         "inputs": {name: {side: rec.get("sha256") for side, rec in files.items()} for name, files in splits.items()},
         # a reused tokenizer by its vocabulary, not its path (absent for a trained one: old folders still match)
         **({"tokenizer": meta["tokenizer_from"]["vocab_sha256"]} if "tokenizer_from" in meta else {}),
+        # a tokenizer sample other than the default (absent otherwise: older folders still match)
+        **({"tokenizer_sample": meta["tokenizer_sample"]} if "tokenizer_sample" in meta else {}),
     }))
 
 
-def _build(build: Path, splits: list[ParallelText], meta: dict, log) -> None:
-    import sentencepiece as spm
+DEFAULT_TOKENIZER_SAMPLE = 500_000  # sentences; SentencePiece holds them all: about 2.8 KB each (docs/RESULTS.md)
+CHUNK = 10_000  # pairs encoded and written at a time
 
+
+def _hashed(files) -> dict:
+    """The meta.json input records of one split (path, SHA-256, bytes), from a streamed read."""
+    from ..io import sha256_file
+
+    sides = {"tsv": files} if isinstance(files, Path) else dict(zip(("source", "target"), files))
+    return {side: {"path": str(Path(p).resolve()), "sha256": sha256_file(p), "bytes": Path(p).stat().st_size}
+            for side, p in sides.items()}
+
+
+@contextlib.contextmanager
+def _only_writer(out_dir: Path):
+    """Refuse a second `prepare` into a folder another one is writing at this moment (an flock beside it)."""
+    import fcntl
+
+    lock = out_dir.parent / f".{out_dir.name}.lock"
+    with writes.guarded(lock):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TiekdError(f"{out_dir}: another `tiekd prepare` is writing this folder right now. Fix: wait for it "
+                             "to finish (a rerun of the same preparation is then a no-op), or choose another --out") \
+                from None
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _build(build: Path, split_files: dict, meta: dict, log, empty: str, sample_size: int) -> None:
+    """Fill `build`: pass 1 streams each split's input, checks and cleans it (training pairs with a side
+    over max_chars characters dropped) into text files; the tokenizer is then trained on a sample of the
+    training text (or copied); pass 2 encodes the training pairs in chunks, drops those over max_tokens
+    pieces or max_len_ratio, and writes the text and ids that remain; the other splits get their ids."""
     src_lang, tgt_lang, options = meta["src_lang"], meta["tgt_lang"], meta["options"]
-    train = splits[0]
-    # very long raw lines go before the tokenizer sees them (SentencePiece would skip them anyway)
-    _drop(train, ["chars" if max(len(s), len(t)) > options["max_chars"] else None
-                  for s, t in zip(train.sources, train.targets)])
-    _write_split(build, train, src_lang, tgt_lang)
+    counts = {}
+    for name, files in split_files.items():
+        counts[name] = SplitCounts(name)
+        stage = "." + name if name == "train" else name  # training text is filtered again in pass 2
+        too_long = options["max_chars"] if name == "train" else None
+        _clean(build, stage, iter_split(files, counts[name], empty=empty), counts[name], src_lang, tgt_lang, too_long)
+        meta["inputs"]["splits"][name] = counts[name].inputs
     tokenizer_dir = build / TOKENIZER_DIR
+    staged = (build / f".train.{src_lang}", build / f".train.{tgt_lang}")
     if "tokenizer_from" in meta:
         _copy_tokenizer(meta, tokenizer_dir, log)
     else:
-        _train_tokenizer(build, train, meta, tokenizer_dir, log)
-    source_model = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "source.spm"))
-    target_model = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "target.spm"))
-    source_len = [len(ids) for ids in source_model.encode(train.sources)]  # pieces, </s> not counted
-    target_len = [len(ids) for ids in target_model.encode(train.targets)]
-    _drop(train, ["tokens" if max(ls, lt) > options["max_tokens"]
-                  else "ratio" if max(ls, lt) > options["max_len_ratio"] * max(1, min(ls, lt)) else None
-                  for ls, lt in zip(source_len, target_len)])
-    if not train.sources:
+        _train_tokenizer(build, staged, counts["train"], meta, tokenizer_dir, log, sample_size)
+
+    from ..tokenizer import load_tokenizer
+    from .binarized import IdsWriter
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    meta["binarized"] = {}
+    for name in split_files:
+        sources = build / f"{name}.{src_lang}"
+        targets = build / f"{name}.{tgt_lang}"
+        writers = (IdsWriter(sources, len(tokenizer)), IdsWriter(targets, len(tokenizer)))
+        if name == "train":
+            _encode_and_filter(staged, (sources, targets), writers, tokenizer, options, counts[name])
+            for path in staged:
+                path.unlink()
+        else:
+            for chunk_sources, chunk_targets in _chunks(sources, targets):
+                for writer, lines, target in zip(writers, (chunk_sources, chunk_targets), (False, True)):
+                    writer.add(*encode_flat(tokenizer, lines, target=target))
+        for path, writer in zip((sources, targets), writers):
+            meta["binarized"][path.name] = writer.close()
+    if not counts["train"].kept:
         raise TiekdError(
             "every training pair was filtered as too long. Fix: check the training files, or raise "
             "--max-tokens / --max-len-ratio / --max-chars"
         )
-
     meta["splits"] = {}
-    for split in splits:
-        _write_split(build, split, src_lang, tgt_lang)
-        meta["splits"][split.name] = {
-            "source": f"{split.name}.{src_lang}", "target": f"{split.name}.{tgt_lang}",
-            "pairs": len(split.sources), "read": split.read, "skipped_empty": split.skipped_empty,
+    for name, split in counts.items():
+        meta["splits"][name] = {
+            "source": f"{name}.{src_lang}", "target": f"{name}.{tgt_lang}",
+            "pairs": split.kept, "read": split.read, "skipped_empty": split.skipped_empty,
             "filtered_long": sum(split.filtered.values()), "crlf_lines": split.crlf_lines,
             "line_breaks_replaced": split.line_breaks_replaced,
         }
-        if split is train:
-            meta["splits"][split.name]["filtered_by"] = {
-                reason: train.filtered.get(reason, 0) for reason in ("chars", "tokens", "ratio")}
+        if name == "train":
+            meta["splits"][name]["filtered_by"] = {
+                reason: split.filtered.get(reason, 0) for reason in ("chars", "tokens", "ratio")}
     writes.atomic_write_json(build / META_NAME, meta)
+
+
+def _clean(build: Path, stem: str, pairs, counts: SplitCounts, src_lang: str, tgt_lang: str,
+           max_chars: int | None) -> None:
+    """Write the checked, stripped pairs of one split as `<stem>.<lang>` text files, streamed."""
+    paths = (build / f"{stem}.{src_lang}", build / f"{stem}.{tgt_lang}")
+    with writes.guarded(paths[0]):
+        writes.write_point(paths[0])
+        with open(paths[0], "w", encoding="utf-8", newline="\n") as sources, \
+                open(paths[1], "w", encoding="utf-8", newline="\n") as targets:
+            for _, s, t in pairs:
+                # very long raw lines go before the tokenizer sees them (SentencePiece would skip them anyway)
+                if max_chars is not None and max(len(s), len(t)) > max_chars:
+                    counts.filtered["chars"] = counts.filtered.get("chars", 0) + 1
+                    counts.kept -= 1
+                    continue
+                sources.write(s + "\n")
+                targets.write(t + "\n")
+
+
+def _chunks(sources: Path, targets: Path, size: int = CHUNK):
+    """Aligned chunks of `size` lines of two text files written by `_clean`."""
+    with open(sources, encoding="utf-8", newline="\n") as src, open(targets, encoding="utf-8", newline="\n") as tgt:
+        while True:
+            chunk_sources = [line[:-1] for line in itertools.islice(src, size)]
+            if not chunk_sources:
+                return
+            yield chunk_sources, [line[:-1] for line in itertools.islice(tgt, size)]
+
+
+def _encode_and_filter(staged: tuple[Path, Path], final: tuple[Path, Path], writers, tokenizer, options: dict,
+                       counts: SplitCounts) -> None:
+    """Pass 2 over the training pairs: ids in chunks, the token-length and ratio filters on SentencePiece's
+    piece counts (</s> not counted), then the kept text and ids."""
+    with writes.guarded(final[0]):
+        writes.write_point(final[0])
+        with open(final[0], "w", encoding="utf-8", newline="\n") as sources, \
+                open(final[1], "w", encoding="utf-8", newline="\n") as targets:
+            for chunk_sources, chunk_targets in _chunks(*staged):
+                src_ids, src_lengths = encode_flat(tokenizer, chunk_sources)
+                tgt_ids, tgt_lengths = encode_flat(tokenizer, chunk_targets, target=True)
+                src_pieces = _piece_counts(tokenizer, chunk_sources, False)
+                tgt_pieces = _piece_counts(tokenizer, chunk_targets, True)
+                longer, shorter = np.maximum(src_pieces, tgt_pieces), np.maximum(1, np.minimum(src_pieces, tgt_pieces))
+                too_many = longer > options["max_tokens"]
+                skewed = ~too_many & (longer > options["max_len_ratio"] * shorter)
+                for reason, mask in (("tokens", too_many), ("ratio", skewed)):
+                    if mask.any():
+                        counts.filtered[reason] = counts.filtered.get(reason, 0) + int(mask.sum())
+                keep = ~(too_many | skewed)
+                counts.kept -= int((~keep).sum())
+                for k in np.flatnonzero(keep).tolist():
+                    sources.write(chunk_sources[k] + "\n")
+                    targets.write(chunk_targets[k] + "\n")
+                for writer, ids, lengths in ((writers[0], src_ids, src_lengths), (writers[1], tgt_ids, tgt_lengths)):
+                    writer.add(ids[np.repeat(keep, lengths)], lengths[keep])
+
+
+def _piece_counts(tokenizer, lines: list[str], target: bool) -> np.ndarray:
+    """SentencePiece pieces of each line, </s> not counted (the length the filters read)."""
+    model = getattr(tokenizer, "spm_target" if target else "spm_source", None)
+    if model is None:  # not a Marian tokenizer: its own ids, without </s>
+        return encode_flat(tokenizer, lines, target=target)[1] - 1
+    return np.fromiter(map(len, model.encode(lines, out_type=int, num_threads=os.cpu_count() or 1)), dtype=np.int64,
+                       count=len(lines))
 
 
 def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
@@ -292,42 +427,45 @@ def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
         raise TiekdError(f"{source}: its vocabulary changed while it was being copied. Fix: run prepare again")
 
 
-def _train_tokenizer(build: Path, train: ParallelText, meta: dict, tokenizer_dir: Path, log) -> None:
-    src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
-    log(f"training a {meta['vocab_size']}-piece SentencePiece tokenizer on {len(train.sources):,} training pairs")
+def _train_tokenizer(build: Path, staged: tuple[Path, Path], counts: SplitCounts, meta: dict,
+                     tokenizer_dir: Path, log, sample_size: int) -> None:
+    """Train the joint SentencePiece model on the cleaned training text: all of it when it has at most
+    `sample_size` sentences (both sides), else on a seeded random sample of pairs of that many sentences,
+    written once (never a second copy of the whole corpus)."""
+    pairs = counts.kept
+    inputs = list(staged)
+    if 2 * pairs > sample_size:
+        rng = np.random.default_rng(1)
+        chosen = np.sort(rng.choice(pairs, size=sample_size // 2, replace=False))
+        sample = build / ".tokenizer-sample.txt"
+        with open(sample, "w", encoding="utf-8", newline="\n") as sink:
+            for side in staged:
+                with open(side, encoding="utf-8", newline="\n") as lines:
+                    wanted = iter(chosen.tolist())
+                    next_index = next(wanted, None)
+                    for index, line in enumerate(lines):
+                        if index == next_index:
+                            sink.write(line)
+                            next_index = next(wanted, None)
+        inputs = [sample]
+        log(f"training a {meta['vocab_size']}-piece SentencePiece tokenizer on {sample_size // 2:,} of "
+            f"{pairs:,} training pairs (--tokenizer-sample {sample_size:,} sentences)")
+    else:
+        log(f"training a {meta['vocab_size']}-piece SentencePiece tokenizer on {pairs:,} training pairs")
     try:
-        writes.call(tokenizer_dir, train_joint_sentencepiece,
-                    [build / f"train.{src_lang}", build / f"train.{tgt_lang}"], tokenizer_dir,
-                    vocab_size=meta["vocab_size"])
+        writes.call(tokenizer_dir, train_joint_sentencepiece, inputs, tokenizer_dir, vocab_size=meta["vocab_size"],
+                    max_sentences=sample_size)
     except RuntimeError as exc:  # SentencePiece reports e.g. a vocabulary too large for the text this way
         # its limit excludes the <pad> that the Marian layout adds, hence + 1
         limit = re.search(r"value <= (\d+)", str(exc))
         hint = f"use --vocab-size {int(limit.group(1)) + 1} or less" if limit else "lower --vocab-size"
         raise TiekdError(
-            f"{train.inputs.get('source', train.inputs.get('tsv'))['path']}: SentencePiece could not train a "
+            f"{next(iter(counts.inputs.values()))['path']}: SentencePiece could not train a "
             f"{meta['vocab_size']}-piece vocabulary on the training text ({exc}). Fix: {hint}, or give more "
             "training text"
         ) from exc
-
-
-def _drop(split: ParallelText, reasons: list[str | None]) -> None:
-    """Remove the pairs whose reason is not None, counting them by reason."""
-    for reason in filter(None, reasons):
-        split.filtered[reason] = split.filtered.get(reason, 0) + 1
-    keep = [reason is None for reason in reasons]
-    split.sources = [x for x, k in zip(split.sources, keep) if k]
-    split.targets = [x for x, k in zip(split.targets, keep) if k]
-    split.line_numbers = [x for x, k in zip(split.line_numbers, keep) if k]
-
-
-def _write_split(folder: Path, split: ParallelText, src_lang: str, tgt_lang: str) -> None:
-    for lang, lines in ((src_lang, split.sources), (tgt_lang, split.targets)):
-        writes.call(folder / f"{split.name}.{lang}", _write_lines, folder / f"{split.name}.{lang}", lines)
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(line + "\n" for line in lines)
+    finally:
+        (build / ".tokenizer-sample.txt").unlink(missing_ok=True)
 
 
 def load_prepared(path: str | Path) -> PreparedData:
@@ -411,15 +549,42 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--empty", choices=("skip", "error"), default="skip",
                         help="pairs with an empty side: skip and count them, or stop with an error")
     parser.add_argument("--overwrite", action="store_true", help="replace a different earlier preparation in --out")
+    parser.add_argument("--tokenizer-sample", type=int, default=DEFAULT_TOKENIZER_SAMPLE, metavar="N",
+                        help="train the tokenizer on at most N training sentences, both sides (pairs drawn at random "
+                             "when the corpus has more; default 500,000: SentencePiece holds them in memory)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the token-id files of the prepared folder --out against their checksums (e.g. "
+                             "after an interrupted copy), then exit")
     parser.set_defaults(func=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run `tiekd prepare` from parsed arguments; returns the exit status (0)."""
+    if args.verify:
+        print(verify_prepared(args.out))
+        return 0
     prepare_data(
         args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang, multi30k_dir=args.multi30k,
         download=args.download, train=args.train, valid=args.valid, tests=args.test, tsv_train=args.tsv_train,
         vocab_size=args.vocab_size, max_tokens=args.max_tokens, max_len_ratio=args.max_len_ratio,
         max_chars=args.max_chars, empty=args.empty, overwrite=args.overwrite, tokenizer=args.tokenizer,
+        tokenizer_sample=args.tokenizer_sample,
     )
     return 0
+
+
+def verify_prepared(path: str | Path) -> str:
+    """Check every token-id file of a prepared folder against the SHA-256 in its meta.json (a full read;
+    opening a folder checks only sizes and headers). Returns a summary; raises on the first mismatch."""
+    from .binarized import verify
+
+    prepared = load_prepared(path)
+    records = prepared.meta.get("binarized", {})
+    if not records:
+        return f"{prepared.path}: holds no token-id files (prepared before binarizing); its text was checked"
+    for name, record in records.items():
+        problem = verify(prepared.path / name, record)
+        if problem is not None:
+            raise TiekdError(f"{problem}. Fix: rebuild the folder with `tiekd prepare --out {prepared.path} "
+                             "--overwrite` and its options, or copy it again")
+    return f"{prepared.path}: {len(records)} token-id files match their checksums"

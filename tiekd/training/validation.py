@@ -19,6 +19,7 @@ from .. import batching
 from ..config import RunConfig
 from ..decode_limits import MAX_DECODE_LENGTH
 from ..distributed import DistInfo, all_reduce_sum, gather_objects
+from ..data.binarized import load_corpus
 from ..io import read_lines
 from ..losses import label_smoothed_ce
 from ..objectives import shift_right
@@ -35,7 +36,7 @@ class Validator:
     """The validation split, encoded once, and how a model is scored on it."""
 
     def __init__(self, tokenizer, source_path: Path, target_path: Path, config: RunConfig, dist: DistInfo,
-                 device: torch.device, max_positions: int):
+                 device: torch.device, max_positions: int, prepared=None):
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.config = config
@@ -43,7 +44,7 @@ class Validator:
         self.device = device
         self.sources = read_lines(source_path)
         self.references = read_lines(target_path)
-        self.corpus = batching.encode_pair_files(tokenizer, source_path, target_path, max_positions)
+        self.corpus = load_corpus(prepared, (source_path, target_path), tokenizer, max_positions)
 
     @torch.no_grad()
     def run(self, model, state: TrainingState) -> dict:

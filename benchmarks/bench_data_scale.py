@@ -1,0 +1,160 @@
+"""What preparing and opening a corpus costs as it grows: streamed, binarized data against the code before.
+
+    python benchmarks/bench_data_scale.py --sizes 30000,300000,1000000 --old-code OLD_CHECKOUT \\
+        --work SCRATCH --json results.json [--plot cost.png]
+
+For each size a synthetic corpus of WMT-like sentence lengths is built from Multi30k (each pair 1-3
+Multi30k pairs joined), then, each in a fresh process with its peak resident memory (ru_maxrss):
+  - `tiekd prepare` of this checkout, and of OLD_CHECKOUT (a git worktree of an earlier commit) where given;
+  - SentencePiece's own encoding of the same training lines with the same tokenizer on all cores, the
+    floor for prepare's work beyond training the tokenizer;
+  - `tiekd train` for 3 updates of a `micro` model on the prepared folder: seconds from process start to
+    the first update, and peak memory; with the old code too, on its own prepared folder.
+Ratios are measured side by side in one run; absolute times drift with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+MEASURE = """
+import resource, runpy, sys, time
+started = time.time()
+sys.argv = {argv!r}
+try:
+    runpy.run_module("tiekd", run_name="__main__")
+except SystemExit as stop:
+    code = stop.code or 0
+else:
+    code = 0
+print("MEASURED", time.time() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code, flush=True)
+"""
+
+
+def measured(code_dir: Path, argv: list[str], cwd: Path) -> dict:
+    """Run `python -m tiekd ARGV` of the checkout `code_dir` in a fresh process: wall seconds, peak RSS."""
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": "1"}
+    script = MEASURE.format(argv=["tiekd", *argv])
+    done = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
+    line = [l for l in done.stdout.splitlines() if l.startswith("MEASURED")]
+    if not line or line[-1].split()[3] != "0":
+        raise RuntimeError(f"tiekd {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+    _, seconds, rss, _ = line[-1].split()
+    return {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(rss) / 1e6, 1), "stdout": done.stdout}
+
+
+def synthetic_corpus(multi30k: Path, pairs: int, folder: Path) -> tuple[Path, Path]:
+    """`pairs` pairs of WMT-like length: each 1-3 random Multi30k training pairs joined (seeded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    src, tgt = folder / "train.de", folder / "train.en"
+    if src.is_file() and tgt.is_file():
+        return src, tgt
+    de = (multi30k / "train.de").read_text(encoding="utf-8").splitlines()
+    en = (multi30k / "train.en").read_text(encoding="utf-8").splitlines()
+    rng = random.Random(pairs)
+    with open(src, "w", encoding="utf-8") as s, open(tgt, "w", encoding="utf-8") as t:
+        for _ in range(pairs):
+            picks = [rng.randrange(len(de)) for _ in range(rng.randint(1, 3))]
+            s.write(" ".join(de[i] for i in picks) + "\n")
+            t.write(" ".join(en[i] for i in picks) + "\n")
+    return src, tgt
+
+
+SPM_FLOOR = """
+import sys, time, sentencepiece as spm, os
+model = spm.SentencePieceProcessor(model_file=sys.argv[1])
+lines = open(sys.argv[2], encoding="utf-8").read().splitlines() + open(sys.argv[3], encoding="utf-8").read().splitlines()
+started = time.time()
+for i in range(0, len(lines), 10000):
+    model.encode(lines[i:i + 10000], out_type=int, num_threads=os.cpu_count())
+print(time.time() - started)
+"""
+
+
+def spm_floor(tokenizer_dir: Path, src: Path, tgt: Path) -> float:
+    done = subprocess.run([sys.executable, "-c", SPM_FLOOR, str(tokenizer_dir / "source.spm"), str(src), str(tgt)],
+                          capture_output=True, text=True, check=True)
+    return round(float(done.stdout.strip()), 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="30000,300000,1000000")
+    parser.add_argument("--multi30k", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k")
+    parser.add_argument("--old-code", type=Path, help="a checkout of an earlier commit to measure beside this one")
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder (corpora and prepared data)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parents[1]
+    codes = {"new": here, **({"old": args.old_code.resolve()} if args.old_code else {})}
+    valid = [str(args.multi30k / "val.de"), str(args.multi30k / "val.en")]
+    results = []
+    for pairs in (int(x) for x in args.sizes.split(",")):
+        src, tgt = synthetic_corpus(args.multi30k, pairs, args.work / f"corpus-{pairs}")
+        row = {"pairs": pairs, "corpus_mb": round((src.stat().st_size + tgt.stat().st_size) / 1e6, 1)}
+        for name, code in codes.items():
+            out = args.work / f"prepared-{name}-{pairs}"
+            subprocess.run(["rm", "-rf", str(out), str(args.work / f"run-{name}-{pairs}")], check=True)
+            prepare = measured(code, ["prepare", "--train", str(src), str(tgt), "--valid", *valid, "--vocab-size",
+                                      "8000", "--out", str(out)], args.work)
+            train = measured(code, ["train", "--data", str(out), "--out", str(args.work / f"run-{name}-{pairs}"),
+                                    "--model", "micro", "--max-updates", "3", "--valid-every", "1000", "--save-every",
+                                    "1000", "--max-tokens", "4096", "--no-valid-bleu", "--valid-max-sentences", "10"],
+                             args.work)
+            row[name] = {"prepare_s": prepare["seconds"], "prepare_peak_rss_mb": prepare["peak_rss_mb"],
+                         "train_3_updates_s": train["seconds"], "train_peak_rss_mb": train["peak_rss_mb"]}
+            if name == "new":
+                row["spm_encode_s"] = spm_floor(out / "tokenizer", src, tgt)
+            print(json.dumps({"pairs": pairs, name: row[name]}), flush=True)
+        results.append(row)
+    print(f"{'pairs':>9} {'MB':>6}  {'prepare new s':>13} {'RSS MB':>7}  {'old s':>6} {'RSS MB':>7}  {'spm s':>6}  "
+          f"{'train new s':>11} {'RSS MB':>7}  {'old s':>6} {'RSS MB':>7}")
+    for r in results:
+        old = r.get("old", {})
+        print(f"{r['pairs']:>9,} {r['corpus_mb']:>6}  {r['new']['prepare_s']:>13} {r['new']['prepare_peak_rss_mb']:>7}  "
+              f"{old.get('prepare_s', '-'):>6} {old.get('prepare_peak_rss_mb', '-'):>7}  {r['spm_encode_s']:>6}  "
+              f"{r['new']['train_3_updates_s']:>11} {r['new']['train_peak_rss_mb']:>7}  "
+              f"{old.get('train_3_updates_s', '-'):>6} {old.get('train_peak_rss_mb', '-'):>7}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = [r["pairs"] for r in results]
+    for name, style in (("new", "-o"), ("old", "--s")):
+        rows = [r for r in results if name in r]
+        if not rows:
+            continue
+        x = [r["pairs"] for r in rows]
+        left.plot(x, [r[name]["prepare_peak_rss_mb"] for r in rows], style, label=f"prepare ({name})")
+        left.plot(x, [r[name]["train_peak_rss_mb"] for r in rows], style, label=f"train, 3 updates ({name})")
+        right.plot(x, [r[name]["prepare_s"] for r in rows], style, label=f"prepare ({name})")
+        right.plot(x, [r[name]["train_3_updates_s"] for r in rows], style, label=f"train, 3 updates ({name})")
+    right.plot(sizes, [r["spm_encode_s"] for r in results], ":", color="grey", label="SentencePiece encoding alone")
+    for ax, label in ((left, "peak resident memory (MB)"), (right, "wall seconds")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training pairs")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

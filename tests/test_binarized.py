@@ -1,0 +1,123 @@
+"""Prepared data as memory-mapped token ids (tiekd/data/binarized.py) and the streamed `prepare`."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import head
+from tiekd.errors import TiekdError
+
+
+def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(prepared):
+    from tiekd.batching import collate, encode_pair_files, make_batches
+    from tiekd.data.binarized import MappedCorpus, load_corpus
+    from tiekd.data.prepare import load_prepared
+    from tiekd.tokenizer import load_tokenizer
+
+    data = load_prepared(prepared)
+    tokenizer = load_tokenizer(data.tokenizer_dir)
+    for split in ("train", "valid"):
+        mapped = load_corpus(data, data.splits[split], tokenizer, 512)
+        encoded = encode_pair_files(tokenizer, *data.splits[split], 512)
+        assert isinstance(mapped, MappedCorpus) and len(mapped) == len(encoded)
+        assert all(mapped.source(i).tolist() == encoded.sources[i] and mapped.target(i).tolist() == encoded.targets[i]
+                   for i in range(len(encoded)))
+        batches = make_batches(mapped, 1024)
+        assert batches == make_batches(encoded, 1024)
+        one, other = collate(mapped, batches[3]), collate(encoded, batches[3])
+        assert torch.equal(one.input_ids, other.input_ids) and torch.equal(one.labels, other.labels)
+        assert one.num_target_tokens == other.num_target_tokens
+    # cut to the model's positions as encoding cuts them, </s> kept last
+    short = load_corpus(data, data.splits["train"], tokenizer, 6)
+    longest = int(np.argmax(short.sources.lengths))
+    assert short.source(longest).tolist() == encode_pair_files(tokenizer, *data.splits["train"], 6).sources[longest]
+
+
+def test_a_damaged_id_file_is_named_with_the_fix(prepared, tmp_path):
+    import shutil
+
+    from tiekd.data.binarized import load_corpus
+    from tiekd.data.prepare import load_prepared, verify_prepared
+    from tiekd.tokenizer import load_tokenizer
+
+    copy = tmp_path / "data"
+    shutil.copytree(prepared, copy)
+    assert "match their checksums" in verify_prepared(copy)
+    data, tokenizer = load_prepared(copy), load_tokenizer(copy / "tokenizer")
+    ids = copy / "train.en.ids"
+    ids.write_bytes(ids.read_bytes()[:-6])  # an interrupted copy
+    with pytest.raises(TiekdError, match=r"train\.en\.ids: .* bytes where its index says .* \(truncated or damaged\)\. "
+                                         r"Fix: rebuild the folder with `tiekd prepare --overwrite`"):
+        load_corpus(data, data.splits["train"], tokenizer, 512)
+    shutil.copy(prepared / "train.en.ids", ids)
+    flipped = copy / "valid.de.ids"
+    raw = bytearray(flipped.read_bytes())
+    raw[10] ^= 0xFF  # same size: only the full check sees it
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(TiekdError, match=r"valid\.de\.ids does not match its checksum.*Fix: rebuild"):
+        verify_prepared(copy)
+    (copy / "train.de.idx").write_bytes(b"not an index at all, but long enough")
+    with pytest.raises(TiekdError, match=r"train\.de\.idx: not a tiekd id index"):
+        load_corpus(data, data.splits["train"], tokenizer, 512)
+
+
+def test_a_folder_prepared_before_binarizing_is_still_read(prepared, tmp_path):
+    import shutil
+
+    from tiekd.batching import EncodedCorpus
+    from tiekd.data.binarized import load_corpus
+    from tiekd.data.prepare import load_prepared
+    from tiekd.tokenizer import load_tokenizer
+
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["binarized"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    for path in old.glob("*.id[sx]"):
+        path.unlink()
+    data = load_prepared(old)
+    assert isinstance(load_corpus(data, data.splits["train"], load_tokenizer(old / "tokenizer"), 512), EncodedCorpus)
+
+
+def _corpus(tmp_path, multi30k, n=600):
+    for lang in ("de", "en"):
+        (tmp_path / f"train.{lang}").write_text("\n".join(head(multi30k / f"train.{lang}", n)) + "\n", encoding="utf-8")
+        (tmp_path / f"val.{lang}").write_text("\n".join(head(multi30k / f"val.{lang}", 20)) + "\n", encoding="utf-8")
+    return {"train": (tmp_path / "train.de", tmp_path / "train.en"), "valid": (tmp_path / "val.de", tmp_path / "val.en")}
+
+
+def test_the_tokenizer_learns_from_a_sample_of_a_large_corpus(tmp_path, multi30k, capsys):
+    from tiekd.data.prepare import prepare_data
+
+    files = _corpus(tmp_path, multi30k)
+    out = prepare_data(tmp_path / "sampled", **files, vocab_size=300, tokenizer_sample=400)
+    said = capsys.readouterr().out
+    assert "on 200 of 600 training pairs (--tokenizer-sample 400 sentences)" in said
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer_sample"] == 400 and meta["splits"]["train"]["pairs"] == 600
+    assert not list(out.glob(".*"))  # the sample and the staged text are gone
+    full = prepare_data(tmp_path / "full", **files, vocab_size=300, verbose=False)
+    assert "tokenizer_sample" not in json.loads((full / "meta.json").read_text())  # the default: as before
+    with pytest.raises(TiekdError, match=r"--tokenizer-sample 1 is out of range"):
+        prepare_data(tmp_path / "bad", **files, vocab_size=300, tokenizer_sample=1)
+
+
+def test_a_second_prepare_into_a_folder_being_written_is_refused(tmp_path, multi30k):
+    from tiekd.data.prepare import prepare_data
+
+    files = _corpus(tmp_path, multi30k, n=200)
+    out = tmp_path / "data"
+    with open(tmp_path / ".data.lock", "a+") as held:  # what a running prepare holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TiekdError, match=re.escape(f"{out}: another `tiekd prepare` is writing this folder")):
+            prepare_data(out, **files, vocab_size=300, verbose=False)
+    assert not out.exists()
+    prepare_data(out, **files, vocab_size=300, verbose=False)
+    assert prepare_data(out, **files, vocab_size=300, verbose=False) == out  # the same again: a no-op

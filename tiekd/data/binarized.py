@@ -1,0 +1,185 @@
+"""Token ids on disk, memory-mapped: encoded once by `tiekd prepare`, opened by training in constant time.
+
+Each side of a split is two files beside the cleaned text (the layout of fairseq's mmap datasets,
+written by us):
+
+    <split>.<lang>.ids   every sentence's ids, </s> included, one after the other (little-endian uint16
+                         when the vocabulary has fewer than 65,536 entries, else uint32)
+    <split>.<lang>.idx   a 24-byte header (b"TIEKDIDS", format version u32, bytes per id u32, sentences
+                         u64), then sentences + 1 offsets (int64): sentence i is ids[offsets[i]:offsets[i+1]]
+
+Opening checks the header and both file sizes against each other and against meta.json (constant
+time); the SHA-256 of each file is in meta.json for `verify` to check in full. The files are written
+with ordinary buffered writes through tiekd.writes (a full disk is an error, never the SIGBUS of a
+writable map), and every torchrun rank maps the same pages, so a corpus of any size costs each
+process only what its batches touch.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import writes
+from ..errors import input_error
+
+MAGIC = b"TIEKDIDS"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQ")  # magic, version, bytes per id, sentences
+IDS_SUFFIX, INDEX_SUFFIX = ".ids", ".idx"
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size < 2 ** 16 else np.dtype("<u4")
+
+
+class IdsWriter:
+    """Writes the id sequences of one text file as `<text_path>.ids/.idx`, a chunk at a time (`add`),
+    with ordinary buffered writes; `close` writes the index and returns what meta.json records."""
+
+    def __init__(self, text_path: Path, vocab_size: int):
+        self.dtype = id_dtype(vocab_size)
+        self.ids_path, self.index_path = _paths(text_path)
+        self.lengths: list[np.ndarray] = []
+        with writes.guarded(self.ids_path):
+            writes.write_point(self.ids_path)
+            self.sink = open(self.ids_path, "wb")
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Append sentences: their ids one after the other (`flat`) and how many each has (`lengths`)."""
+        with writes.guarded(self.ids_path):
+            self.sink.write(np.asarray(flat).astype(self.dtype).tobytes())
+        self.lengths.append(np.asarray(lengths, dtype=np.int64))
+
+    def close(self) -> dict:
+        from ..io import sha256_file
+
+        with writes.guarded(self.ids_path):
+            self.sink.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype("<i8")
+        header = HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, len(lengths))
+        writes.call(self.index_path, self.index_path.write_bytes, header + offsets.tobytes())
+        return {"sentences": len(lengths), "tokens": int(offsets[-1]), "bytes_per_id": self.dtype.itemsize,
+                "ids_sha256": sha256_file(self.ids_path), "idx_sha256": sha256_file(self.index_path)}
+
+
+def _paths(text_path: Path) -> tuple[Path, Path]:
+    text_path = Path(text_path)
+    return text_path.with_name(text_path.name + IDS_SUFFIX), text_path.with_name(text_path.name + INDEX_SUFFIX)
+
+
+class MappedIds:
+    """The id sequences of one text file, read through memory maps: `len`, `[i]` (a numpy array),
+    `lengths` (ids per sentence, </s> included)."""
+
+    def __init__(self, text_path: Path, record: dict | None = None):
+        ids_path, index_path = _paths(text_path)
+        rebuild = f"rebuild the folder with `tiekd prepare --overwrite` and its options, or delete {ids_path.name}"
+        for path in (ids_path, index_path):
+            if not path.is_file():
+                raise input_error(path, "missing", rebuild)
+        with open(index_path, "rb") as handle:
+            raw = handle.read(HEADER.size)
+        if len(raw) < HEADER.size:
+            raise input_error(index_path, "truncated (no header)", rebuild)
+        magic, version, width, count = HEADER.unpack(raw)
+        if magic != MAGIC or version != VERSION or width not in (2, 4):
+            raise input_error(index_path, f"not a tiekd id index (header {magic!r}, version {version})", rebuild)
+        expected_index = HEADER.size + 8 * (count + 1)
+        if index_path.stat().st_size != expected_index:
+            raise input_error(index_path, f"{index_path.stat().st_size:,} bytes where {count:,} sentences need "
+                              f"{expected_index:,} (truncated or damaged)", rebuild)
+        self.offsets = np.memmap(index_path, dtype="<i8", mode="r", offset=HEADER.size, shape=(count + 1,))
+        tokens = int(self.offsets[-1])
+        if ids_path.stat().st_size != tokens * width:
+            raise input_error(ids_path, f"{ids_path.stat().st_size:,} bytes where its index says {tokens:,} ids of "
+                              f"{width} bytes (truncated or damaged)", rebuild)
+        if record is not None and (record.get("sentences"), record.get("tokens")) != (count, tokens):
+            raise input_error(ids_path, f"holds {count:,} sentences and {tokens:,} ids, meta.json says "
+                              f"{record.get('sentences')} and {record.get('tokens')}", rebuild)
+        dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
+        self.ids = np.memmap(ids_path, dtype=dtype, mode="r") if tokens else np.zeros(0, dtype=dtype)
+        self.lengths = np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.ids[self.offsets[index]:self.offsets[index + 1]]
+
+
+@dataclass
+class MappedCorpus:
+    """A split's sources and targets as `MappedIds`, with EncodedCorpus's interface (tiekd.batching);
+    sequences longer than `max_positions` are cut to fit (the last id kept as </s>) when collated."""
+
+    sources: MappedIds
+    targets: MappedIds
+    pad_id: int
+    eos_id: int
+    max_positions: int = 512
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def source_lengths(self) -> np.ndarray:
+        return np.minimum(self.sources.lengths, self.max_positions)
+
+    def target_lengths(self) -> np.ndarray:
+        return np.minimum(self.targets.lengths, self.max_positions)
+
+    def source(self, index: int) -> np.ndarray:
+        return self._fit(self.sources[index])
+
+    def target(self, index: int) -> np.ndarray:
+        return self._fit(self.targets[index])
+
+    def _fit(self, ids: np.ndarray) -> np.ndarray:
+        if len(ids) <= self.max_positions:
+            return ids
+        return np.concatenate([ids[: self.max_positions - 1], np.asarray([self.eos_id], dtype=ids.dtype)])
+
+
+def verify(text_path: Path, record: dict) -> str | None:
+    """None when both files of `text_path` match the SHA-256 in `record` (meta.json), else what differs."""
+    from ..io import sha256_file
+
+    for path, key in zip(_paths(text_path), ("ids_sha256", "idx_sha256")):
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != record.get(key):
+            return f"{path} does not match its checksum in meta.json (damaged or modified)"
+    return None
+
+
+def load_corpus(prepared, files: tuple[Path, Path], tokenizer, max_positions: int):
+    """The pairs of two text files of a prepared folder: memory-mapped when `tiekd prepare` binarized
+    them (meta.json's "binarized"), else encoded now as before (folders from before binarizing, and
+    sequence-level KD's targets, which a run writes itself)."""
+    from ..batching import encode_pair_files
+
+    records = (prepared.meta.get("binarized", {}) if prepared is not None else {})
+    found = {}
+    for path in files:
+        path = Path(path)
+        if prepared is not None and path.parent.resolve() == Path(prepared.path).resolve():
+            found[path] = records.get(path.name)
+    if len(found) == 2 and all(found.values()):
+        source, target = (MappedIds(path, found[path]) for path in files)
+        if len(source) != len(target):
+            raise input_error(files[1], f"{len(target):,} sentences beside {len(source):,} in {files[0]}",
+                              "rebuild the folder with `tiekd prepare --overwrite`")
+        for path, side in zip(files, (source, target)):
+            long = int((side.lengths > max_positions).sum())
+            if long:
+                import warnings
+
+                warnings.warn(f"{path}: {long} of {len(side)} lines have more than the model's {max_positions} "
+                              "positions and are cut to fit. Fix: drop long pairs when preparing the data "
+                              "(`tiekd prepare --max-tokens`)", stacklevel=2)
+        return MappedCorpus(source, target, tokenizer.pad_token_id, tokenizer.eos_token_id, max_positions)
+    return encode_pair_files(tokenizer, *files, max_positions)
