@@ -60,25 +60,29 @@ def _marian_encoder(tokenizer, target: bool):
     return encode
 
 
-def encode_flat(tokenizer, lines: list[str], target: bool = False, threads: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def encode_flat(tokenizer, lines: list[str], target: bool = False, threads: int | None = None,
+                with_pieces: bool = False):
     """The ids of `encode_texts` for `lines` as one flat int64 array (each line's ids, </s> included,
     one after the other) and each line's length; for a corpus, `threads` of SentencePiece's own C++
     batch encoder (default: every core) do the work, and numpy maps its ids to the tokenizer's.
 
     SentencePiece's id i is the tokenizer's id of piece i (`_spm_id_map`). Lines that decide otherwise go
     through `encode_texts`' own path: those with a piece SentencePiece does not know (its surface text
-    may still be in a joint vocabulary, as OPUS-MT's), a language code or a written-out special token."""
+    may still be in a joint vocabulary, as OPUS-MT's), a language code or a written-out special token.
+    With `with_pieces`, also each line's count of SentencePiece pieces (</s> not counted; what the
+    training-data filters read), from the same encoding."""
     fast = _marian_encoder(tokenizer, target)
     if fast is None or not lines:
         sequences = encode_texts(tokenizer, lines, target=target)
         lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-        return np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum())), lengths
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+        return (flat, lengths, lengths - 1) if with_pieces else (flat, lengths)
     model, id_map, unk, marked = _spm_id_map(tokenizer, target)
     pieces = model.encode(lines, out_type=int, num_threads=threads or os.cpu_count() or 1)
     own = [k for k, (line, ids) in enumerate(zip(lines, pieces))
            if unk in ids or line.startswith(">>") or any(m in line for m in marked)]
     lengths = np.fromiter((len(ids) + 1 for ids in pieces), dtype=np.int64, count=len(pieces))
+    piece_counts = lengths - 1
     if own:  # rare lines: the exact path, then the same flat layout
         for k, ids in zip(own, fast([lines[k] for k in own])):
             pieces[k] = ids[:-1]
@@ -97,7 +101,7 @@ def encode_flat(tokenizer, lines: list[str], target: bool = False, threads: int 
         values = id_map[values]
     flat[body] = values
     flat[ends - 1] = tokenizer.eos_token_id
-    return flat, lengths
+    return (flat, lengths, piece_counts) if with_pieces else (flat, lengths)
 
 
 def _spm_id_map(tokenizer, target: bool):

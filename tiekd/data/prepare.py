@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,10 +388,8 @@ def _encode_and_filter(staged: tuple[Path, Path], final: tuple[Path, Path], writ
         with open(final[0], "w", encoding="utf-8", newline="\n") as sources, \
                 open(final[1], "w", encoding="utf-8", newline="\n") as targets:
             for chunk_sources, chunk_targets in _chunks(*staged):
-                src_ids, src_lengths = encode_flat(tokenizer, chunk_sources)
-                tgt_ids, tgt_lengths = encode_flat(tokenizer, chunk_targets, target=True)
-                src_pieces = _piece_counts(tokenizer, chunk_sources, False)
-                tgt_pieces = _piece_counts(tokenizer, chunk_targets, True)
+                src_ids, src_lengths, src_pieces = encode_flat(tokenizer, chunk_sources, with_pieces=True)
+                tgt_ids, tgt_lengths, tgt_pieces = encode_flat(tokenizer, chunk_targets, target=True, with_pieces=True)
                 longer, shorter = np.maximum(src_pieces, tgt_pieces), np.maximum(1, np.minimum(src_pieces, tgt_pieces))
                 too_many = longer > options["max_tokens"]
                 skewed = ~too_many & (longer > options["max_len_ratio"] * shorter)
@@ -401,20 +398,11 @@ def _encode_and_filter(staged: tuple[Path, Path], final: tuple[Path, Path], writ
                         counts.filtered[reason] = counts.filtered.get(reason, 0) + int(mask.sum())
                 keep = ~(too_many | skewed)
                 counts.kept -= int((~keep).sum())
-                for k in np.flatnonzero(keep).tolist():
-                    sources.write(chunk_sources[k] + "\n")
-                    targets.write(chunk_targets[k] + "\n")
+                kept = np.flatnonzero(keep).tolist()
+                sources.write("".join(chunk_sources[k] + "\n" for k in kept))
+                targets.write("".join(chunk_targets[k] + "\n" for k in kept))
                 for writer, ids, lengths in ((writers[0], src_ids, src_lengths), (writers[1], tgt_ids, tgt_lengths)):
                     writer.add(ids[np.repeat(keep, lengths)], lengths[keep])
-
-
-def _piece_counts(tokenizer, lines: list[str], target: bool) -> np.ndarray:
-    """SentencePiece pieces of each line, </s> not counted (the length the filters read)."""
-    model = getattr(tokenizer, "spm_target" if target else "spm_source", None)
-    if model is None:  # not a Marian tokenizer: its own ids, without </s>
-        return encode_flat(tokenizer, lines, target=target)[1] - 1
-    return np.fromiter(map(len, model.encode(lines, out_type=int, num_threads=os.cpu_count() or 1)), dtype=np.int64,
-                       count=len(lines))
 
 
 def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
