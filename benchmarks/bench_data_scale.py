@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="30000,300000,1000000")
     parser.add_argument("--multi30k", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k")
     parser.add_argument("--old-code", type=Path, help="a checkout of an earlier commit to measure beside this one")
+    parser.add_argument("--old-max-pairs", type=int, default=1_000_000,
+                        help="run the old code only up to this size (it held 6 GB at 1M pairs: 27 GB at 4.5M)")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (corpora and prepared data)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
@@ -100,6 +102,8 @@ def main() -> int:
         src, tgt = synthetic_corpus(args.multi30k, pairs, args.work / f"corpus-{pairs}")
         row = {"pairs": pairs, "corpus_mb": round((src.stat().st_size + tgt.stat().st_size) / 1e6, 1)}
         for name, code in codes.items():
+            if name == "old" and pairs > args.old_max_pairs:
+                continue
             out = args.work / f"prepared-{name}-{pairs}"
             subprocess.run(["rm", "-rf", str(out), str(args.work / f"run-{name}-{pairs}")], check=True)
             prepare = measured(code, ["prepare", "--train", str(src), str(tgt), "--valid", *valid, "--vocab-size",
@@ -108,18 +112,21 @@ def main() -> int:
                                     "--model", "micro", "--max-updates", "3", "--valid-every", "1000", "--save-every",
                                     "1000", "--max-tokens", "4096", "--no-valid-bleu", "--valid-max-sentences", "10"],
                              args.work)
+            phases = json.loads((out / "meta.json").read_text()).get("seconds", {})
             row[name] = {"prepare_s": prepare["seconds"], "prepare_peak_rss_mb": prepare["peak_rss_mb"],
+                         "prepare_phases_s": phases,
                          "train_3_updates_s": train["seconds"], "train_peak_rss_mb": train["peak_rss_mb"]}
             if name == "new":
                 row["spm_encode_s"] = spm_floor(out / "tokenizer", src, tgt)
             print(json.dumps({"pairs": pairs, name: row[name]}), flush=True)
         results.append(row)
     print(f"{'pairs':>9} {'MB':>6}  {'prepare new s':>13} {'RSS MB':>7}  {'old s':>6} {'RSS MB':>7}  {'spm s':>6}  "
-          f"{'train new s':>11} {'RSS MB':>7}  {'old s':>6} {'RSS MB':>7}")
+          f"{'beyond tok. s':>13}  {'train new s':>11} {'RSS MB':>7}  {'old s':>6} {'RSS MB':>7}")
     for r in results:
         old = r.get("old", {})
         print(f"{r['pairs']:>9,} {r['corpus_mb']:>6}  {r['new']['prepare_s']:>13} {r['new']['prepare_peak_rss_mb']:>7}  "
               f"{old.get('prepare_s', '-'):>6} {old.get('prepare_peak_rss_mb', '-'):>7}  {r['spm_encode_s']:>6}  "
+              f"{beyond(r['new']):>13}  "
               f"{r['new']['train_3_updates_s']:>11} {r['new']['train_peak_rss_mb']:>7}  "
               f"{old.get('train_3_updates_s', '-'):>6} {old.get('train_peak_rss_mb', '-'):>7}")
     if args.json:
@@ -127,6 +134,14 @@ def main() -> int:
     if args.plot:
         plot(results, args.plot)
     return 0
+
+
+def beyond(row: dict) -> float | str:
+    """prepare's seconds beyond training the tokenizer: reading and cleaning, then encoding and writing."""
+    phases = row.get("prepare_phases_s") or {}
+    if "read_and_clean" not in phases:
+        return "-"
+    return round(phases["read_and_clean"] + phases["encode_filter_write"], 2)
 
 
 def plot(results: list[dict], path: Path) -> None:

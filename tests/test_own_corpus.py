@@ -191,3 +191,53 @@ def test_a_prepared_folder_is_used_as_it_is(tmp_path, prepared, multi30k):
     with pytest.raises(TiekdError, match=r"data\.prepared .*holds de->en data, the experiment is en->de"):
         ExperimentConfig.from_dict({**rows, "data": {"prepared": str(with_tests)}, "src_lang": "en",
                                     "tgt_lang": "de"}, source="test")
+
+
+@pytest.fixture(scope="module")
+def hf_corpus(tmp_path_factory, multi30k):
+    """A local Hugging Face dataset of the WMT schema ({"translation": {"de": ..., "en": ...}}), saved to disk."""
+    datasets = pytest.importorskip("datasets")
+    splits = {}
+    for name, source, n in (("train", "train", 300), ("validation", "val", 20), ("test", "test_2016_flickr", 15),
+                            ("test2", "test_2017_flickr", 10)):
+        pairs = zip(head(multi30k / f"{source}.de", n), head(multi30k / f"{source}.en", n))
+        splits[name] = datasets.Dataset.from_dict({"translation": [{"de": de, "en": en} for de, en in pairs]})
+    folder = tmp_path_factory.mktemp("hf") / "wmt-like"
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return folder
+
+
+def test_a_hugging_face_dataset_is_named_checked_and_prepared(tmp_path, hf_corpus, monkeypatch):
+    from tiekd.errors import TiekdError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a name that is not a local folder must not reach the hub
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from tiekd.experiment import ExperimentConfig, Pipeline
+
+    rows = {"students": [{"name": "No-KD", "method": "none"}], "teacher": {"max_updates": 10},
+            "student": {"max_updates": 10}, "vocab_size": 300}
+    config = ExperimentConfig.from_dict({**rows, "data": {"hf_dataset": str(hf_corpus)}}, source="test")
+    assert config.test_sets == ["test", "test2"]  # every split but train and validation
+    pipeline = Pipeline(config, tmp_path / "exp")
+    data = pipeline.prepare()
+    meta = json.loads((data / "meta.json").read_text())
+    assert {name: split["pairs"] for name, split in meta["splits"].items()} == {
+        "train": 300, "valid": 20, "test": 15, "test2": 10}
+    assert (data / "test2.en").read_text(encoding="utf-8").splitlines()[0] == head_line(hf_corpus)
+
+    named = {"hf_dataset": str(hf_corpus), "tests": {"newstest": "test"}}
+    assert ExperimentConfig.from_dict({**rows, "data": named}, source="test").test_sets == ["newstest"]
+    with pytest.raises(TiekdError, match=r"data\.tests\.newstest 'tset': is not a split of .*wmt-like \(it has "
+                                         r"train, validation, test, test2\)"):
+        ExperimentConfig.from_dict({**rows, "data": {**named, "tests": {"newstest": "tset"}}}, source="test")
+    with pytest.raises(TiekdError, match=r"data\.train 'train': its rows are not \{'translation': \{'fr': \.\.\., "
+                                         r"'en': \.\.\.\}\}"):
+        ExperimentConfig.from_dict({**rows, "data": named, "src_lang": "fr"}, source="test")
+    with pytest.raises(TiekdError, match=r"data\.hf_dataset '\S*nowhere': no such folder"):
+        ExperimentConfig.from_dict({**rows, "data": {"hf_dataset": str(tmp_path / "nowhere")}}, source="test")
+
+
+def head_line(hf_corpus):
+    import datasets
+
+    return datasets.load_from_disk(str(hf_corpus))["test2"][0]["translation"]["en"]

@@ -324,6 +324,11 @@ class Pipeline:
         if source.kind == "multi30k" and not config.train_pairs:
             prepare_data(data, multi30k_dir=source.path, **common)
             return data
+        if source.kind == "hf_dataset":  # its rows as text files beside the prepared data, then as files
+            from .data.source import export_hf_splits
+
+            source.splits.update(export_hf_splits(source, self.out / "hf_text", config.src_lang, config.tgt_lang,
+                                                  ["train", "valid", *config.test_sets]))
         train = source.splits["train"]
         if config.train_pairs:
             # a deterministic head slice, written beside the prepared data so prepare can fingerprint it

@@ -135,7 +135,8 @@ def _check_data(config, report: _Report) -> None:
                                "rename that test set"), ("test_sets", i), "test_sets")
         elif name not in source.test_names:
             where = {"multi30k": f"Multi30k folder {source.path}", "folder": f"folder {source.path}",
-                     "prepared": f"prepared folder {source.path}", "files": "data.tests"}[source.kind]
+                     "prepared": f"prepared folder {source.path}", "files": "data.tests",
+                     "hf_dataset": "the dataset"}[source.kind]
             report.add(Problem("test_sets", name, f"is not a test set of the data ({where} has "
                                f"{', '.join(source.test_names) or 'none'})",
                                "name one of those, fix the spelling, or add the test set to the data"),

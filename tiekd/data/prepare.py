@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -69,7 +70,7 @@ def prepare_data(
     tsv_train: str | Path | None = None,
     vocab_size: int = 8000, max_tokens: int = 250, max_len_ratio: float = 9.0, max_chars: int = 10_000,
     empty: str = "skip", overwrite: bool = False, verbose: bool = True, tokenizer: str | Path | None = None,
-    tokenizer_sample: int = 500_000,
+    tokenizer_sample: int = 400_000,
 ) -> Path:
     """Prepare Multi30k (the default; from `multi30k_dir`, a default location, or downloaded) or the user's
     files (`train` or `tsv_train`, plus `valid` and optional `tests`) into `out_dir`. Returns `out_dir`.
@@ -93,7 +94,7 @@ def prepare_data(
     )
     if isinstance(tokenizer_sample, bool) or not isinstance(tokenizer_sample, int) or tokenizer_sample < 2:
         raise TiekdError(f"--tokenizer-sample {tokenizer_sample!r} is out of range. Fix: use a whole number of "
-                         "sentences of at least 2 (default 500,000)")
+                         "sentences of at least 2 (default 400,000)")
     for files in split_files.values():  # the cheap checks of every input before any is read in full
         for path in (files,) if isinstance(files, Path) else files:
             check_text_file(path)
@@ -258,7 +259,7 @@ def _fingerprint(meta: dict) -> dict:
     }))
 
 
-DEFAULT_TOKENIZER_SAMPLE = 500_000  # sentences; SentencePiece holds them all: about 2.8 KB each (docs/RESULTS.md)
+DEFAULT_TOKENIZER_SAMPLE = 400_000  # sentences; SentencePiece holds them all: about 2.8 KB each (docs/RESULTS.md)
 CHUNK = 10_000  # pairs encoded and written at a time
 
 
@@ -299,6 +300,8 @@ def _build(build: Path, split_files: dict, meta: dict, log, empty: str, sample_s
     training text (or copied); pass 2 encodes the training pairs in chunks, drops those over max_tokens
     pieces or max_len_ratio, and writes the text and ids that remain; the other splits get their ids."""
     src_lang, tgt_lang, options = meta["src_lang"], meta["tgt_lang"], meta["options"]
+    clock = time.perf_counter()
+    seconds = meta["seconds"] = {}  # per phase, for benchmarks/bench_data_scale.py (not fingerprinted)
     counts = {}
     for name, files in split_files.items():
         counts[name] = SplitCounts(name)
@@ -308,10 +311,12 @@ def _build(build: Path, split_files: dict, meta: dict, log, empty: str, sample_s
         meta["inputs"]["splits"][name] = counts[name].inputs
     tokenizer_dir = build / TOKENIZER_DIR
     staged = (build / f".train.{src_lang}", build / f".train.{tgt_lang}")
+    seconds["read_and_clean"], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
     if "tokenizer_from" in meta:
         _copy_tokenizer(meta, tokenizer_dir, log)
     else:
         _train_tokenizer(build, staged, counts["train"], meta, tokenizer_dir, log, sample_size)
+    seconds["tokenizer"], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
 
     from ..tokenizer import load_tokenizer
     from .binarized import IdsWriter
@@ -332,6 +337,7 @@ def _build(build: Path, split_files: dict, meta: dict, log, empty: str, sample_s
                     writer.add(*encode_flat(tokenizer, lines, target=target))
         for path, writer in zip((sources, targets), writers):
             meta["binarized"][path.name] = writer.close()
+    seconds["encode_filter_write"] = round(time.perf_counter() - clock, 2)
     if not counts["train"].kept:
         raise TiekdError(
             "every training pair was filtered as too long. Fix: check the training files, or raise "
@@ -539,7 +545,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a different earlier preparation in --out")
     parser.add_argument("--tokenizer-sample", type=int, default=DEFAULT_TOKENIZER_SAMPLE, metavar="N",
                         help="train the tokenizer on at most N training sentences, both sides (pairs drawn at random "
-                             "when the corpus has more; default 500,000: SentencePiece holds them in memory)")
+                             "when the corpus has more; default 400,000: SentencePiece holds them in memory)")
     parser.add_argument("--verify", action="store_true",
                         help="check the token-id files of the prepared folder --out against their checksums (e.g. "
                              "after an interrupted copy), then exit")

@@ -8,6 +8,12 @@
       valid: [dev.de, dev.en]
       tests: {news: [news.de, news.en], web: web.tsv}
     data: {prepared: DIR}           a folder written by `tiekd prepare`
+    data:                           a Hugging Face `datasets` corpus of the WMT schema (rows
+      hf_dataset: wmt14             {"translation": {"de": ..., "en": ...}}): a name load_dataset
+      config: de-en                 knows (internet or its cache), or a local folder (save_to_disk's,
+      train: train                  or files load_dataset reads); the split names default to train,
+      valid: validation             validation and, as test sets, every other split
+      tests: {newstest2014: test}
 
 Paths are read relative to the current folder, like every other path of an experiment file. Each test
 set of a folder form is named by its file stem (`test_mine.de` -> `test_mine`).
@@ -28,7 +34,8 @@ from ..config_fields import NO_VALUE, Problem
 from ..errors import TiekdError
 from . import multi30k
 
-FORMS = ("multi30k", "folder", "train", "prepared")  # the key that picks the form
+FORMS = ("multi30k", "folder", "train", "prepared", "hf_dataset")  # the key that picks the form
+HF_KEYS = ("hf_dataset", "config", "train", "valid", "tests")
 FILE_KEYS = ("train", "valid", "tests")
 POOLED = "pooled"  # the report's name for every test set together; no test set may take it
 FIRST_LINES = 5    # lines of each file read by the early check
@@ -41,14 +48,16 @@ Split = "tuple[Path, Path] | Path"  # a pair of aligned files, or one TSV file
 class DataSource:
     """One resolved `data:` setting.
 
-    `kind` is multi30k, folder, files or prepared; `path` the folder of the folder forms; `splits` maps
-    each split (train, valid, then the test sets) to a (source, target) pair or a TSV path.
+    `kind` is multi30k, folder, files, prepared or hf_dataset; `path` the folder of the folder forms;
+    `splits` maps each split (train, valid, then the test sets) to a (source, target) pair or a TSV path,
+    or for a dataset to (name, config, its split); `dataset` is the opened dataset.
     `key_of(split)` is the path of keys where the user wrote that split, for file:line in errors."""
 
     kind: str
     path: Path | None = None
     splits: dict = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)  # files of a folder form that no split uses
+    dataset: object = None                             # the DatasetDict of an hf_dataset source
 
     @property
     def test_names(self) -> list[str]:
@@ -64,11 +73,13 @@ class DataSource:
         """A short name for report titles: Multi30k, or the folder the data (its training file) is in."""
         if self.kind == "multi30k":
             return "Multi30k"
+        if self.kind == "hf_dataset":
+            return Path(self.splits["train"][0]).name
         train = self.splits["train"]
         return (self.path or (train if isinstance(train, Path) else train[0]).resolve().parent).name
 
     def key_of(self, split: str) -> tuple:
-        if self.kind == "files":
+        if self.kind in ("files", "hf_dataset"):
             return ("data", split) if split in ("train", "valid") else ("data", "tests", split)
         return ("data", self.kind) if self.kind != "multi30k" else ("data", "multi30k")
 
@@ -83,13 +94,15 @@ def read_source(data: dict | None, multi30k_dir: str | None, src_lang: str, tgt_
     if not isinstance(data, dict):
         raise DataProblem(Problem("data", data, "must be a mapping", "write e.g. `data: {folder: corpus/}` or "
                                   "`data: {train: train.tsv, valid: [dev.de, dev.en]}`"), ("data",))
-    valid_keys = ["multi30k", "folder", "prepared", *FILE_KEYS]
+    valid_keys = ["multi30k", "folder", "prepared", "hf_dataset", "config", *FILE_KEYS]
     for key in data:
         if key not in valid_keys:
             from ..config_fields import unknown_key_problem
 
             raise DataProblem(unknown_key_problem(str(key), valid_keys), ("data", key), label="data")
     forms = [key for key in FORMS if key in data]
+    if "hf_dataset" in data:  # its train/valid/tests name splits of the dataset, not files
+        forms = ["hf_dataset"]
     if len(forms) != 1:
         what = "names no data" if not forms else f"names {' and '.join(forms)} at once"
         raise DataProblem(Problem("data", NO_VALUE, what, "give exactly one of multi30k, folder, prepared, or "
@@ -99,7 +112,7 @@ def read_source(data: dict | None, multi30k_dir: str | None, src_lang: str, tgt_
         raise DataProblem(Problem("multi30k", multi30k_dir, "is given beside `data:`",
                                   "move it into `data: {multi30k: ...}` or drop one of them"), ("multi30k",))
     if form != "train":
-        extra = [key for key in data if key != form]
+        extra = [key for key in data if key != form and not (form == "hf_dataset" and key in HF_KEYS)]
         if extra:
             raise DataProblem(Problem(f"data.{extra[0]}", NO_VALUE, f"does not go with data.{form}",
                                       f"drop it; data.{form} brings its own splits"), ("data", extra[0]),
@@ -110,6 +123,8 @@ def read_source(data: dict | None, multi30k_dir: str | None, src_lang: str, tgt_
         return _folder(data["folder"], src_lang, tgt_lang)
     if form == "prepared":
         return _prepared(data["prepared"], src_lang, tgt_lang)
+    if form == "hf_dataset":
+        return _hf_dataset(data, src_lang, tgt_lang)
     return _files(data)
 
 
@@ -165,6 +180,80 @@ def _prepared(value, src_lang: str, tgt_lang: str) -> DataSource:
     return DataSource("prepared", folder, dict(prepared.splits))
 
 
+def open_hf_dataset(name: str, config: str | None):
+    """The DatasetDict of `name`: a folder written by `save_to_disk`, or whatever `load_dataset` reads
+    (a local folder of data files, or a dataset name, from the internet or the Hugging Face cache)."""
+    try:
+        import datasets
+    except ImportError:
+        raise TiekdError("data.hf_dataset needs the `datasets` package. Fix: pip install datasets") from None
+    path = Path(name)
+    if (path / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(path))
+    return datasets.load_dataset(name, config) if config else datasets.load_dataset(name)
+
+
+def _hf_dataset(data: dict, src_lang: str, tgt_lang: str) -> DataSource:
+    """A `datasets` corpus: its splits, checked for the WMT schema on their first row (the rows are read
+    when the data is prepared)."""
+    keys = ("data", "hf_dataset")
+    name, config = str(data["hf_dataset"]), data.get("config")
+    if ("/" in name and name.startswith(("/", "./", "../", "~"))) and not Path(name).expanduser().exists():
+        raise DataProblem(Problem("data.hf_dataset", name, "no such folder", "give the folder of a saved dataset "
+                                  "(save_to_disk) or of its data files, or a dataset name"), keys)
+    try:
+        found = open_hf_dataset(name, config)
+    except TiekdError:
+        raise
+    except Exception as exc:  # datasets raises many kinds: not found, no network, a bad config
+        raise DataProblem(Problem("data.hf_dataset", name, f"could not be loaded ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]})", "give a dataset name that load_dataset "
+                                  "knows (with its config), or a local folder; offline, the dataset must be in "
+                                  "the Hugging Face cache"), keys) from None
+    train, valid = str(data.get("train", "train")), str(data.get("valid", "validation"))
+    tests = data.get("tests")
+    if tests is None:
+        tests = {split: split for split in found if split not in (train, valid)}
+    if not isinstance(tests, dict):
+        raise DataProblem(Problem("data.tests", tests, "must map test-set names to splits of the dataset",
+                                  "write e.g. `tests: {newstest2014: test}`"), ("data", "tests"))
+    splits = {"train": train, "valid": valid, **{str(k): str(v) for k, v in tests.items()}}
+    for split, dataset_split in splits.items():
+        key = ("data", split) if split in ("train", "valid") else ("data", "tests", split)
+        if dataset_split not in found:
+            raise DataProblem(Problem(".".join(key), dataset_split, f"is not a split of {name} (it has "
+                                      f"{', '.join(found)})", "name one of those splits"), key)
+        row = found[dataset_split][0] if len(found[dataset_split]) else {}
+        pair = row.get("translation") if isinstance(row, dict) else None
+        if not isinstance(pair, dict) or src_lang not in pair or tgt_lang not in pair:
+            raise DataProblem(Problem(".".join(key), dataset_split, f"its rows are not {{'translation': "
+                                      f"{{'{src_lang}': ..., '{tgt_lang}': ...}}}} (the first is {str(row)[:120]})",
+                                      "use a translation dataset of this language pair, or set src_lang / "
+                                      "tgt_lang to its languages"), key)
+    return DataSource("hf_dataset", None, {split: (name, config, dataset_split) for split, dataset_split
+                                           in splits.items()}, dataset=found)
+
+
+def export_hf_splits(source: "DataSource", folder: Path, src_lang: str, tgt_lang: str,
+                     names: list[str]) -> dict[str, tuple[Path, Path]]:
+    """Write the splits `names` of a `datasets` source as aligned text files in `folder`, a row at a time
+    (Arrow tables are memory-mapped: the corpus is never held as Python objects), whole or not at all."""
+    from .. import writes
+
+    files = {}
+    for name in names:
+        _, _, dataset_split = source.splits[name]
+        paths = (folder / f"{name}.{src_lang}", folder / f"{name}.{tgt_lang}")
+        rows = source.dataset[dataset_split]
+        with writes.atomic_stream(paths[0]) as sources, writes.atomic_stream(paths[1]) as targets:
+            for batch in rows.iter(batch_size=10_000):
+                for pair in batch["translation"]:
+                    sources.write(" ".join(str(pair[src_lang]).split()) + "\n")
+                    targets.write(" ".join(str(pair[tgt_lang]).split()) + "\n")
+        files[name] = paths
+    return files
+
+
 def _files(data: dict) -> DataSource:
     if "valid" not in data:
         raise DataProblem(Problem("data.valid", NO_VALUE, "is missing",
@@ -198,7 +287,7 @@ def _split(value, keys: tuple):
 def check(source: DataSource, splits: list[str]) -> list[DataProblem]:
     """Problems of the files of `splits` (train, valid and the chosen test sets): each must exist, be
     readable, and its first lines parse. Prepared folders were checked when read."""
-    if source.kind == "prepared":
+    if source.kind in ("prepared", "hf_dataset"):  # checked when read (a dataset: its first rows)
         return []
     problems = []
     for name in splits:
