@@ -84,7 +84,8 @@ def test_prepare_writes_tokenizer_clean_text_and_meta(tmp_path, capsys):
     assert list(splits) == ["train", "valid", "flickr16"]
     assert splits["train"] | {"filtered_by": None} == {
         "source": "train.de", "target": "train.en", "pairs": 1995, "read": 2000, "skipped_empty": 2,
-        "filtered_long": 3, "crlf_lines": 0, "line_breaks_replaced": 0, "filtered_by": None}
+        "filtered_long": 3, "crlf_lines": 0, "line_breaks_replaced": 0, "filtered_by": None,
+        "bytes": {"source": (out / "train.de").stat().st_size, "target": (out / "train.en").stat().st_size}}
     assert splits["train"]["filtered_by"] == {"chars": 1, "tokens": 1, "ratio": 1}
     assert (splits["valid"]["pairs"], splits["valid"]["skipped_empty"], splits["valid"]["filtered_long"]) == (199, 1, 0)
     assert splits["flickr16"]["pairs"] == 100

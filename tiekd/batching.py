@@ -80,27 +80,61 @@ class Batch:
                      self.labels.to(device, non_blocking=True), self.indices, self.num_target_tokens)
 
 
-def make_batches(corpus: EncodedCorpus, max_tokens: int) -> list[list[int]]:
+class BatchPlan:
+    """The batches of a corpus as one array of pair indices in length-sorted order, cut at `bounds`:
+    batch k is order[bounds[k]:bounds[k + 1]]. Two arrays instead of a Python list per batch, so a
+    corpus of millions of pairs costs a few bytes per pair (Python lists of its indices took ~70)."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray):
+        self.order, self.bounds = order, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, k: int) -> list[int]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k %= len(self)
+        return self.order[self.bounds[k]:self.bounds[k + 1]].tolist()
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def tokens(self, lengths: np.ndarray) -> np.ndarray:
+        """The sum of `lengths` (one per pair) over each batch."""
+        return np.add.reduceat(np.asarray(lengths)[self.order], self.bounds[:-1]) if len(self) else np.zeros(0)
+
+
+def make_batches(corpus, max_tokens: int, chunk: int = 1 << 16) -> BatchPlan:
     """Group pair indices into batches of at most `max_tokens` padded tokens, sorted by length.
 
     Sorting by (target, source) length before cutting keeps padding low (length bucketing); a single
-    pair longer than `max_tokens` gets a batch of its own.
+    pair longer than `max_tokens` gets a batch of its own. The sort is numpy's; the greedy cut walks the
+    sorted lengths `chunk` at a time, so no list as long as the corpus is ever built.
     """
     source_lengths, target_lengths = corpus.source_lengths(), corpus.target_lengths()
-    # the order of sorted(key=(target length, source length, index)), from numpy: a corpus of millions
-    # of pairs is sorted in a second
-    order = np.lexsort((np.arange(len(corpus)), source_lengths, target_lengths))
-    longest_side = np.maximum(source_lengths, target_lengths)[order]
-    batches, current, longest = [], [], 0
-    for index, length in zip(order.tolist(), longest_side.tolist()):
-        if current and max(longest, length) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(index)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
-    return batches
+    # the order of sorted(key=(target length, source length, index)): a stable sort of one int64 key
+    key = target_lengths.astype(np.int64) << 32
+    key |= source_lengths
+    order = np.argsort(key, kind="stable")
+    del key
+    if len(order) < 2 ** 31:
+        order = order.astype(np.int32)
+    bounds, count, longest = [0], 0, 0
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        for offset, length in enumerate(np.maximum(source_lengths[part], target_lengths[part]).tolist()):
+            if count and max(longest, length) * (count + 1) > max_tokens:
+                bounds.append(start + offset)
+                count, longest = 0, 0
+            count += 1
+            longest = max(longest, length)
+    if count:
+        bounds.append(len(order))
+    return BatchPlan(order, np.asarray(bounds, dtype=np.int64))
 
 
 def epoch_order(num_batches: int, seed: int, epoch: int) -> list[int]:

@@ -101,7 +101,7 @@ class Trainer:
                                    self.device, max_positions, self.prepared)
         self.batches = batching.make_batches(self.train_corpus, config.max_tokens)
         target_lengths = self.train_corpus.target_lengths()
-        self.batch_tokens = [int(target_lengths[ids].sum()) for ids in self.batches]
+        self.batch_tokens = self.batches.tokens(target_lengths).tolist()
 
         self.optimizer = make_optimizer(self.student, config)
         self.scheduler = make_run_scheduler(self.optimizer, config,

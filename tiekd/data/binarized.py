@@ -93,8 +93,9 @@ class MappedIds:
         if index_path.stat().st_size != expected_index:
             raise input_error(index_path, f"{index_path.stat().st_size:,} bytes where {count:,} sentences need "
                               f"{expected_index:,} (truncated or damaged)", rebuild)
-        self.offsets = np.memmap(index_path, dtype="<i8", mode="r", offset=HEADER.size, shape=(count + 1,))
-        tokens = int(self.offsets[-1])
+        self._index_path, self._count = index_path, count
+        offsets = self._map_offsets()
+        tokens = int(offsets[-1])
         if ids_path.stat().st_size != tokens * width:
             raise input_error(ids_path, f"{ids_path.stat().st_size:,} bytes where its index says {tokens:,} ids of "
                               f"{width} bytes (truncated or damaged)", rebuild)
@@ -103,7 +104,22 @@ class MappedIds:
                               f"{record.get('sentences')} and {record.get('tokens')}", rebuild)
         dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
         self.ids = np.memmap(ids_path, dtype=dtype, mode="r") if tokens else np.zeros(0, dtype=dtype)
-        self.lengths = np.diff(self.offsets)
+        # 4 bytes a sentence (no sentence has 2^31 ids), computed a block at a time: no int64 copy of the index
+        self.lengths = np.empty(count, dtype=np.int32)
+        for start in range(0, count, 1 << 20):
+            self.lengths[start:start + (1 << 20)] = np.diff(offsets[start:start + (1 << 20) + 1])
+        # unmapped, so the index pages this pass read leave this process; batches map it again as they need it
+        del offsets
+        self._offsets = None
+
+    def _map_offsets(self) -> np.ndarray:
+        return np.memmap(self._index_path, dtype="<i8", mode="r", offset=HEADER.size, shape=(self._count + 1,))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            self._offsets = self._map_offsets()
+        return self._offsets
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -127,10 +143,15 @@ class MappedCorpus:
         return len(self.sources)
 
     def source_lengths(self) -> np.ndarray:
-        return np.minimum(self.sources.lengths, self.max_positions)
+        return self._fitted(self.sources.lengths)
 
     def target_lengths(self) -> np.ndarray:
-        return np.minimum(self.targets.lengths, self.max_positions)
+        return self._fitted(self.targets.lengths)
+
+    def _fitted(self, lengths: np.ndarray) -> np.ndarray:
+        """The lengths after cutting to the model's positions (the array itself when none is longer)."""
+        return lengths if not len(lengths) or lengths.max() <= self.max_positions else \
+            np.minimum(lengths, self.max_positions)
 
     def source(self, index: int) -> np.ndarray:
         return self._fit(self.sources[index])

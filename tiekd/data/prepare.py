@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import TiekdError, input_error
+from ..io import count_lines
 from .. import writes
 from ..tokenizer import TOKENIZER_FILES, train_joint_sentencepiece
 from . import multi30k
@@ -347,6 +348,8 @@ def _build(build: Path, split_files: dict, meta: dict, log, empty: str, sample_s
     for name, split in counts.items():
         meta["splits"][name] = {
             "source": f"{name}.{src_lang}", "target": f"{name}.{tgt_lang}",
+            "bytes": {side: (build / f"{name}.{lang}").stat().st_size
+                      for side, lang in (("source", src_lang), ("target", tgt_lang))},
             "pairs": split.kept, "read": split.read, "skipped_empty": split.skipped_empty,
             "filtered_long": sum(split.filtered.values()), "crlf_lines": split.crlf_lines,
             "line_breaks_replaced": split.line_breaks_replaced,
@@ -484,10 +487,14 @@ def load_prepared(path: str | Path) -> PreparedData:
     splits = {}
     for name, info in splits_meta.items():
         files = (path / info["source"], path / info["target"])
-        for file in files:
+        for side, file in zip(("source", "target"), files):
             if not file.is_file():
                 missing.append(file)
-            elif file.read_bytes().count(b"\n") != info["pairs"]:
+            elif "bytes" in info:  # constant time: the size meta.json recorded
+                if file.stat().st_size != info["bytes"][side]:
+                    raise input_error(file, f"damaged: {file.stat().st_size:,} bytes, meta.json says "
+                                            f"{info['bytes'][side]:,}", rebuild)
+            elif count_lines(file) != info["pairs"]:  # folders from before sizes were recorded: streamed
                 raise input_error(file, f"damaged: meta.json says {info['pairs']} lines", rebuild)
         splits[name] = files
     if missing:
