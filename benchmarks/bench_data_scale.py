@@ -83,6 +83,50 @@ def spm_floor(tokenizer_dir: Path, src: Path, tgt: Path) -> float:
     return round(float(done.stdout.strip()), 2)
 
 
+def private_memory(pid: int) -> tuple[int, int]:
+    """(USS, PSS) of a process in bytes, from /proc/PID/smaps_rollup: its private pages, and its pages
+    with shared ones divided among their sharers (a memory-mapped corpus is shared page cache)."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0), fields.get("Pss", 0)
+
+
+def ranks_memory(data: Path, out: Path, ranks: int) -> list[dict]:
+    """Peak USS and PSS of each torchrun rank training 3 updates on `data` (sampled every 0.1 s)."""
+    import shutil
+    import time
+
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={ranks}", "-m",
+               "tiekd", "train", "--data", str(data), "--out", str(out), "--model", "micro", "--max-updates", "3",
+               "--valid-every", "1000", "--save-every", "1000", "--max-tokens", "4096", "--no-valid-bleu",
+               "--valid-max-sentences", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks: dict[int, list[int]] = {}
+    while launcher.poll() is None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == launcher.pid:
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"tiekd" not in cmdline or str(out).encode() not in cmdline or any(b"torchrun" in c for c in cmdline):
+                    continue
+                uss, pss = private_memory(int(entry.name))
+            except OSError:
+                continue
+            peak = peaks.setdefault(int(entry.name), [0, 0])
+            peak[0], peak[1] = max(peak[0], uss), max(peak[1], pss)
+        time.sleep(0.1)
+    if launcher.returncode:
+        raise RuntimeError(f"torchrun failed:\n{launcher.stderr.read()[-3000:]}")
+    return [{"uss_mb": round(u / 1e6, 1), "pss_mb": round(p / 1e6, 1)} for u, p in peaks.values()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="30000,300000,1000000")
@@ -93,6 +137,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (corpora and prepared data)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--ranks", type=int, default=0,
+                        help="also train with this many torchrun ranks on the smallest and largest size and report "
+                             "each rank's peak private memory (USS) and PSS")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     codes = {"new": here, **({"old": args.old_code.resolve()} if args.old_code else {})}
@@ -129,6 +176,13 @@ def main() -> int:
               f"{beyond(r['new']):>13}  "
               f"{r['new']['train_3_updates_s']:>11} {r['new']['train_peak_rss_mb']:>7}  "
               f"{old.get('train_3_updates_s', '-'):>6} {old.get('train_peak_rss_mb', '-'):>7}")
+    if args.ranks:
+        ranked = {}
+        for pairs in (results[0]["pairs"], results[-1]["pairs"]):
+            ranked[pairs] = ranks_memory(args.work / f"prepared-new-{pairs}", args.work / f"ranks-{pairs}", args.ranks)
+            print(f"{pairs:,} pairs, {args.ranks} torchrun ranks: " + "; ".join(
+                f"rank USS {r['uss_mb']} MB, PSS {r['pss_mb']} MB" for r in ranked[pairs]), flush=True)
+        results.append({"torchrun_ranks": args.ranks, "peaks": {str(k): v for k, v in ranked.items()}})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.plot:
@@ -150,6 +204,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = [r for r in results if "pairs" in r]  # not the torchrun rows
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     sizes = [r["pairs"] for r in results]
     for name, style in (("new", "-o"), ("old", "--s")):
