@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TEMPORARY = re.compile(r"^\..+\.(tmp|building|part|old)-\d+-[0-9a-f]{8}$")
+TEMPORARY = re.compile(r"^\..+\.(tmp|building|part|old)-[A-Za-z0-9_]+-\d+-[0-9a-f]{8}$")
 
 
 def tiekd(*args: str, cwd: Path) -> subprocess.CompletedProcess:

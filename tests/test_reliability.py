@@ -221,7 +221,9 @@ def test_a_damaged_checkpoint_is_named_and_skipped_on_resume(prepared, tmp_path,
         checkpoint.load_trainer_state(damaged)
 
     # half-written checkpoints: a temporary folder, and a step folder that never got its manifest
-    leftover = ckpts / f".step_0000012.tmp-{dead_pid()}-0badf00d"  # its writer was killed
+    from tiekd import writes
+
+    leftover = ckpts / f".step_0000012.tmp-{writes.HOST}-{dead_pid()}-0badf00d"  # its writer was killed
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"\0" * 100)
     unfinished = ckpts / "step_0000014"

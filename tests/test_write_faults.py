@@ -21,7 +21,7 @@ import yaml
 
 from conftest import head
 
-TEMPORARY = re.compile(r"^\..+\.(tmp|building|part|old)-\d+-[0-9a-f]{8}$")
+TEMPORARY = re.compile(r"^\..+\.(tmp|building|part|old)-[A-Za-z0-9_]+-\d+-[0-9a-f]{8}$")
 
 
 @dataclass
@@ -139,7 +139,7 @@ def test_a_failed_or_killed_write_leaves_nothing_partial_and_a_rerun_finishes(ca
                 assert run(case.argv(out, inputs)) == 2
                 error = capsys.readouterr().err
                 # the output is named by its final path, not by the temporary it was being built in
-                failed = re.sub(r"/\.([^/]+)\.(tmp|building|part|old)-\d+-[0-9a-f]{8}(?=/|$)", r"/\1",
+                failed = re.sub(r"/\.([^/]+)\.(tmp|building|part|old)-[A-Za-z0-9_]+-\d+-[0-9a-f]{8}(?=/|$)", r"/\1",
                                 plan.paths[at - 1])
                 assert f"{failed}: could not be written (No space left on device" in error, (failed, error)
                 assert "Fix: free space" in error and "Traceback" not in error, error
@@ -167,17 +167,20 @@ def test_a_leftover_is_removed_only_when_its_writer_has_ended(tmp_path):
     ended.wait()
     alive = subprocess.Popen(["sleep", "30"])
     try:
-        gone = tmp_path / f".model.tmp-{ended.pid}-0123abcd"
-        busy = tmp_path / f".model.tmp-{alive.pid}-0123abcd"
-        mine = tmp_path / f".x.json.tmp-{os.getpid()}-0123abcd"  # this process wrote it, then was "killed"
+        host = writes.HOST
+        gone = tmp_path / f".model.tmp-{host}-{ended.pid}-0123abcd"
+        busy = tmp_path / f".model.tmp-{host}-{alive.pid}-0123abcd"
+        mine = tmp_path / f".x.json.tmp-{host}-{os.getpid()}-0123abcd"  # this process wrote it, then was "killed"
+        elsewhere = tmp_path / f".model.tmp-another_machine-{ended.pid}-0123abcd"  # its process id means nothing here
         legacy = tmp_path / ".best.tmp"
-        for folder in (gone, busy, legacy):
+        for folder in (gone, busy, legacy, elsewhere):
             folder.mkdir()
         mine.write_text("{")
         writes.atomic_write_json(tmp_path / "x.json", {"a": 1})
         assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
         assert not gone.exists() and not mine.exists()
-        assert busy.exists() and legacy.exists()  # another process still writes it; an older tiekd's: reported
+        # another process still writes it; another machine's; an older tiekd's (reported)
+        assert busy.exists() and elsewhere.exists() and legacy.exists()
     finally:
         alive.kill()
         alive.wait()

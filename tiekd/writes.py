@@ -17,9 +17,9 @@ the RuntimeErrors that torch.save, safetensors and the converters raise for them
 output and raises one `WriteFailed`: the path, the space free there, the space needed where known, and
 the fix. Any other error passes through unchanged, after the same cleanup.
 
-Leftovers. Temporary names carry their owner's process id: `.<name>.<role>-<pid>-<8 hex>`. Workers of
-one experiment and torchrun ranks share folders, so a writer removes, in the folder it writes to, only
-the temporaries whose owner has ended (or, for its own id, that it no longer writes: a call killed
+Leftovers. Temporary names carry their owner's machine and process id: `.<name>.<role>-<host>-<pid>-<8 hex>`.
+Workers of one experiment and torchrun ranks share folders, perhaps across machines, so a writer
+removes, in the folder it writes to, only the temporaries of its own machine whose owner has ended (or, for its own id, that it no longer writes: a call killed
 in-process by the test harness below). A SIGKILL therefore leaves at most one temporary per output,
 removed by the next run that writes there.
 
@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,10 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROF
 _STORAGE_MESSAGE = re.compile(r"iostream error|No space left|StorageFull|code: 28\b|Disk quota|Input/output error|"
                               r"file write failed|unexpected pos|PytorchStreamWriter failed|Read-only file system",
                               re.IGNORECASE)
-_TEMPORARY = re.compile(r"^\..+\.(tmp|building|part|old)-(\d+)-[0-9a-f]{8}$")
+_TEMPORARY = re.compile(r"^\..+\.(tmp|building|part|old)-([A-Za-z0-9_]+)-(\d+)-[0-9a-f]{8}$")
+# the machine in a temporary's name: process ids mean something only on the machine that made them (an
+# experiment folder or torchrun's output can live on a file system that several machines share)
+HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
 # temporaries of tiekd before this module, without an owner: reported, never removed
 _OWNERLESS = re.compile(r"^\..+\.(tmp|tmp-[A-Za-z0-9_]{8}|building-\d+-[0-9a-f]{8}\.tmp)$")
 _live: set[str] = set()  # temporaries this process is writing right now
@@ -159,7 +163,7 @@ def guarded(path: str | Path, needed: str | None = None):
 def temporary_path(target: str | Path, role: str = "tmp") -> Path:
     """A hidden unused name beside `target` (same file system: the rename is atomic) naming its owner."""
     target = Path(target)
-    return target.parent / f".{target.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}"
+    return target.parent / f".{target.name}.{role}-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _owner_ended(pid: int, path: Path) -> bool:
@@ -184,14 +188,14 @@ def sweep_leftovers(folder: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match and _owner_ended(int(match.group(2)), entry):
+        if match and match.group(2) == HOST and _owner_ended(int(match.group(3)), entry):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
             log.warning("removed %s, left by a tiekd process (id %s) that ended before finishing it",
-                        entry, match.group(2))
+                        entry, match.group(3))
         elif not match and _OWNERLESS.match(entry.name) and str(entry) not in _reported:
             _reported.add(str(entry))
             log.warning("%s looks like a temporary left by an older tiekd; it names no owner, so it is kept. "
