@@ -187,7 +187,8 @@ def test_a_prepared_folder_is_used_as_it_is(tmp_path, prepared, multi30k):
         tokenizer=prepared / "tokenizer", verbose=False)
     config = ExperimentConfig.from_dict({**rows, "data": {"prepared": str(with_tests)}}, source="test")
     assert config.test_sets == ["mine"]
-    assert Pipeline(config, tmp_path / "exp").data_dir() == with_tests  # no copy, no second preparation
+    pipeline = Pipeline(config, tmp_path / "exp")
+    assert pipeline.data_dir(pipeline.source()) == with_tests  # no copy, no second preparation
     with pytest.raises(TiekdError, match=r"data\.prepared .*holds de->en data, the experiment is en->de"):
         ExperimentConfig.from_dict({**rows, "data": {"prepared": str(with_tests)}, "src_lang": "en",
                                     "tgt_lang": "de"}, source="test")
@@ -219,7 +220,7 @@ def test_a_hugging_face_dataset_is_named_checked_and_prepared(tmp_path, hf_corpu
     config = ExperimentConfig.from_dict({**rows, "data": {"hf_dataset": str(hf_corpus)}}, source="test")
     assert config.test_sets == ["test", "test2"]  # every split but train and validation
     pipeline = Pipeline(config, tmp_path / "exp")
-    data = pipeline.prepare()
+    data = pipeline.prepare(pipeline.source())
     meta = json.loads((data / "meta.json").read_text())
     assert {name: split["pairs"] for name, split in meta["splits"].items()} == {
         "train": 300, "valid": 20, "test": 15, "test2": 10}

@@ -280,10 +280,9 @@ class Pipeline:
         config = self.config
         return read_source(config.data, config.multi30k, config.src_lang, config.tgt_lang)
 
-    def data_dir(self) -> Path:
+    def data_dir(self, source) -> Path:
         """The prepared-data folder the stages read: the experiment's own `data/`, or the user's prepared
-        folder itself when it can be used as it is (no head slice, the teacher's tokenizer or none)."""
-        source = self.source()
+        folder `source` itself when it can be used as it is (no head slice, the teacher's tokenizer or none)."""
         if source.kind == "prepared" and not self.config.train_pairs and not self._needs_teacher_tokenizer(source):
             return source.path
         return self.out / "data"
@@ -311,12 +310,11 @@ class Pipeline:
             inputs.append({"tokenizer": str(config.teacher_model)})
         return inputs
 
-    def prepare(self) -> Path:
+    def prepare(self, source) -> Path:
         from .data.prepare import prepare_data
         from .data.source import head_slice
 
         config = self.config
-        source = self.source()
         data = self.out / "data"
         tokenizer = config.teacher_model or (source.path / "tokenizer" if source.kind == "prepared" else None)
         common = dict(src_lang=config.src_lang, tgt_lang=config.tgt_lang, vocab_size=config.vocab_size,
@@ -406,9 +404,10 @@ class Pipeline:
     def run(self) -> Path:
         config = self.config
         self.log(f"experiment {config.name} in {self.out}")
-        data = self.data_dir()
+        source = self.source()  # read once: a folder is listed, a dataset opened
+        data = self.data_dir(source)
         if data == self.out / "data":
-            done = self._stage(data, {"prepare": self.prepare_inputs()}, lambda: str(self.prepare()))
+            done = self._stage(data, {"prepare": self.prepare_inputs()}, lambda: str(self.prepare(source)))
             if done is None:
                 raise TiekdError(f"{self.out}: no prepared data yet. Fix: run without --report-only")
 
@@ -442,7 +441,6 @@ class Pipeline:
         rows = [row for row in results if row is not None]  # None: not finished (only with --report-only)
         if teacher_scores is None:
             raise TiekdError(f"{self.out}: the teacher is not evaluated yet. Fix: run without --report-only")
-        source = self.source()
         table = {"teacher": {"model": str(teacher_model), "scores": teacher_scores, "folder": str(teacher_dir / "eval")},
                  "students": rows, "data": str(data),
                  "data_name": source.name}

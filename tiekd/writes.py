@@ -189,10 +189,7 @@ def sweep_leftovers(folder: str | Path) -> list[Path]:
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
         if match and match.group(2) == HOST and _owner_ended(int(match.group(3)), entry):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _remove(entry)
             removed.append(entry)
             log.warning("removed %s, left by a tiekd process (id %s) that ended before finishing it",
                         entry, match.group(3))
