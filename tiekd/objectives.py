@@ -87,7 +87,7 @@ class DistillationObjective(nn.Module):
         self.token_mask = self.method.token_mask(config) if self.method.token_mask is not None else None
 
     @classmethod
-    def for_method(cls, method: str, student, teacher=None, **settings) -> "DistillationObjective":
+    def for_method(cls, method: str, student, teacher=None, **settings) -> DistillationObjective:
         """The objective of `method` for your own training code, without a RunConfig: `settings` are the
         `tiekd distill` settings of KD_SETTINGS (the rest keep their defaults), checked by the same rules.
 
@@ -96,24 +96,7 @@ class DistillationObjective(nn.Module):
             loss.backward()
 
         `teacher` is frozen and put in eval mode; it must share the student's vocabulary."""
-        unknown = sorted(set(settings) - set(KD_SETTINGS))
-        if unknown:
-            import difflib
-
-            close = difflib.get_close_matches(unknown[0], KD_SETTINGS, n=1)
-            raise TypeError(f"unknown setting(s) {', '.join(unknown)}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                            + f"; the settings are {', '.join(KD_SETTINGS)}")
-        known = _known_methods().get(method)  # an unknown method is refused below, with the choices
-        if known is not None and known.teacher_targets:
-            raise TiekdError(f"method {method!r} trains on the teacher's translations, not on a loss. Fix: write "
-                             "them with `tiekd distill-data` and train on them with method none")
-        if known is not None and known.needs_teacher and teacher is None:
-            raise TiekdError(f"method {method!r} needs a teacher. Fix: pass teacher=<a frozen seq2seq model>")
-        try:
-            config = RunConfig(data="-", out="-", method=method, teacher="(given)" if teacher is not None else "",
-                               **settings)
-        except InvalidConfig as error:
-            raise error.renamed(lambda key, with_key=True: key if with_key else "") from None
+        config = method_config(method, teacher_given=teacher is not None, **settings)
         if teacher is not None:
             check_same_vocabulary(student, teacher)
         return cls(student, config, teacher)
@@ -142,11 +125,12 @@ class DistillationObjective(nn.Module):
                               use_cache=False)
         return output.logits, BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
 
-    def forward(self, input_ids, attention_mask, labels):
+    def forward(self, input_ids, attention_mask, labels, decoder_input_ids=None):
         """(loss summed over the batch's target tokens, its parts summed); the trainer divides both by the
-        update's global target-token count."""
+        update's global target-token count. `labels` are padded with the pad id; `decoder_input_ids`, when
+        given (Hugging Face collators make them), replace the shifted labels as pass 1's prefix."""
         config = self.config
-        decoder_input = shift_right(labels, self.start_id)
+        decoder_input = shift_right(labels, self.start_id) if decoder_input_ids is None else decoder_input_ids
         student_logits, student_encoded = self._first_student_pass(input_ids, attention_mask, decoder_input)
         ce = losses.label_smoothed_ce(student_logits, labels, self.pad_id, epsilon=config.label_smoothing)
         if self.kd_loss is None:
@@ -207,6 +191,31 @@ class DistillationObjective(nn.Module):
         kd = self.kd_loss(student_logits, teacher_logits, own, self.pad_id)
         own_tokens = (own != self.pad_id).sum().clamp(min=1)
         return kd * ((labels != self.pad_id).sum() / own_tokens)
+
+
+def method_config(method: str, teacher_given: bool, **settings) -> RunConfig:
+    """The RunConfig of `method` with `settings` (names of KD_SETTINGS), checked by `tiekd distill`'s rules:
+    an unknown setting, a method that trains on the teacher's translations (seq-kd: no loss to compute)
+    or a missing teacher is refused with the fix."""
+    unknown = sorted(set(settings) - set(KD_SETTINGS))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], KD_SETTINGS, n=1)
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f"; the settings are {', '.join(KD_SETTINGS)}")
+    known = _known_methods().get(method)  # an unknown method is refused below, with the choices
+    if known is not None and known.teacher_targets:
+        raise TiekdError(f"method {method!r} trains on the teacher's translations, not on a loss. Fix: write "
+                         "them with `tiekd distill-data` and train on them with method none")
+    if known is not None and known.needs_teacher and not teacher_given:
+        raise TiekdError(f"method {method!r} needs a teacher. Fix: pass teacher=<a frozen seq2seq model>")
+    try:
+        config = RunConfig(data="-", out="-", method=method, teacher="(given)" if teacher_given else "",
+                           **settings)
+    except InvalidConfig as error:
+        raise error.renamed(lambda key, with_key=True: key if with_key else "") from None
+    return config
 
 
 def _known_methods():
