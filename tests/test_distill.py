@@ -115,7 +115,7 @@ def test_short_distillation_lowers_the_kd_loss(prepared, teacher_dir, tmp_path, 
 
 
 def reference_kd(method, student_logits, teacher_logits, labels, pad, config):
-    """Each method's KD sum, straight from tiekd.losses (docs/tie-kd.md §3)."""
+    """Each method's KD sum, straight from tiekd.losses (docs/method.md §3-5, §8)."""
     if method == "tie-kd":  # one pass: passes 2..N are tested above
         return losses.tie_kd_loss(student_logits, teacher_logits, labels, pad, topk=config.topk)
     if method == "word-kd":

@@ -76,3 +76,24 @@ def test_seeds_first_order_trains_every_rows_first_seed_before_any_second(tmp_pa
     Pipeline(by_seeds, tmp_path / "exp")
     with pytest.raises(TiekdError, match="run_order 'random': must be rows or seeds"):
         ExperimentConfig.from_dict({**base, "run_order": "random"}, source="x.yaml")
+
+
+def test_row_folders_are_file_safe_and_older_finished_rows_are_renamed(tmp_path):
+    """Row names such as "On-policy KD (JSD, lambda 0.5)" give folders a shell needs no quotes for; a finished
+    row of an older tiekd is renamed to that name, an unfinished one keeps its folder so that it resumes."""
+    config = ExperimentConfig.from_dict({
+        "name": "t", "teacher": {"model": "micro", "max_updates": 2}, "student": {"max_updates": 2},
+        "student_sizes": ["micro"], "seeds": [1, 2],
+        "students": [{"name": "On-policy KD (JSD, lambda 0.5)", "method": "on-policy"}]}, source="test")
+    pipeline = Pipeline(config, tmp_path)
+    spec = config.students[0]
+    assert pipeline.slug(spec, "micro", 1) == "on-policy-kd-jsd-lambda-0.5-micro-seed1"
+    finished = tmp_path / "students" / "on-policy-kd-(jsd,-lambda-0.5)-micro-seed1"
+    finished.mkdir(parents=True)
+    (finished / "stage.json").write_text("{}")
+    unfinished = tmp_path / "students" / "on-policy-kd-(jsd,-lambda-0.5)-micro-seed2"
+    (unfinished / "run").mkdir(parents=True)
+    assert pipeline._student_folder(spec, "micro", 1) == tmp_path / "students" / "on-policy-kd-jsd-lambda-0.5-micro-seed1"
+    assert (tmp_path / "students" / "on-policy-kd-jsd-lambda-0.5-micro-seed1" / "stage.json").is_file()
+    assert not finished.exists()
+    assert pipeline._student_folder(spec, "micro", 2) == unfinished

@@ -1,4 +1,4 @@
-"""tiekd.losses against naive full-tensor references written straight from docs/tie-kd.md §3."""
+"""tiekd.losses against naive full-tensor references written straight from docs/method.md §2-9."""
 
 from __future__ import annotations
 

@@ -24,3 +24,18 @@ def test_no_training_checkpoint_is_tracked():
     folders, not checkpoints); the history already carries 500 MB of them."""
     checkpoints = [path for path in tracked_files() if re.search(r"(^|/)checkpoints/(step_\d+|best)(/|$)", path)]
     assert checkpoints == [], f"tracked checkpoints (remove them and keep them outside git): {checkpoints[:5]}"
+
+
+def test_no_tracked_file_names_a_folder_of_our_machines():
+    """Scripts take paths as arguments and records name folders relatively (`<runs>/...`, `../shared/...`):
+    a stranger's clone must not depend on, or show, where our experiments ran."""
+    machine_root = "/" + "work" + "/"  # split so that this file does not match itself
+    named = []
+    for path in tracked_files():
+        try:
+            text = (ROOT / path).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if machine_root in text:
+            named.append(path)
+    assert named == [], f"tracked files naming {machine_root}...: {named[:10]} (write <runs>/, ../shared/ or take an argument)"

@@ -1,4 +1,4 @@
-"""Top-1 agreement and teacher-gold overlap of a student and a teacher (tie-kd.md §6).
+"""Top-1 agreement and teacher-gold overlap of a student and a teacher (docs/method.md §10).
 
 All statistics are teacher-forced on the gold target, over non-pad positions:
 - top-1 agreement: share of positions where argmax p (student) = argmax q (teacher);

@@ -1,7 +1,7 @@
 """The run configuration: one typed dataclass, saved into the run folder and every checkpoint.
 
 A run can be reproduced from its `config.yaml` alone (`tiekd train --config run/config.yaml`).
-Defaults follow tie-kd.md §5 (Adam 0.9/0.98, inverse-sqrt warm-up, clip 5, label smoothing 0.1,
+Defaults follow docs/method.md §11-12 (Adam 0.9/0.98, inverse-sqrt warm-up, clip 5, label smoothing 0.1,
 KD weight 0.5, top-k 5, three iterative passes), scaled down where Multi30k and CPUs call for it.
 
 Each field is declared with its help text and allowed values (`config_fields.setting`): the CLI's

@@ -2,7 +2,7 @@
 
 - Scores are sacreBLEU's (Post 2018, "A Call for Clarity in Reporting BLEU Scores") with default
   settings, reported with their signatures so that a number can be reproduced.
-- "Tokenized BLEU" is the number older papers, TIE-KD's among them (tie-kd.md §5), report with
+- "Tokenized BLEU" is the number older papers, TIE-KD's among them (docs/method.md §11), report with
   multi-bleu.perl: both sides are tokenized with the Moses tokenizer (sacremoses, the Python port of
   tokenizer.perl, without its HTML escaping), then BLEU is taken over whitespace tokens, case-sensitive,
   with no smoothing, as multi-bleu.perl does.

@@ -455,7 +455,21 @@ class Pipeline:
 
     @staticmethod
     def slug(spec: StudentSpec, size: str, seed: int) -> str:
-        return f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
+        """The row's folder name: lower case, letters, digits, '.' and '-' only, so that it needs no quoting in
+        a shell and is valid on every file system ("on-policy KD (JSD, lambda 0.5)" -> "on-policy-kd-jsd-lambda-0.5")."""
+        return f"{_file_safe(spec.name)}-{_file_safe(size)}-seed{seed}"
+
+    def _student_folder(self, spec: StudentSpec, size: str, seed: int) -> Path:
+        """students/<slug>. A finished row of an older tiekd, whose folder names kept spaces' neighbours such as
+        ':' and '(', is renamed to the new name; an unfinished one keeps its old folder, so its resume loses nothing."""
+        folder = self.out / "students" / self.slug(spec, size, seed)
+        old = self.out / "students" / f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
+        if old != folder and old.is_dir() and not folder.exists():
+            if not (old / "stage.json").is_file():
+                return old
+            old.rename(folder)
+            self.log(f"renamed students/{old.name} to students/{folder.name} (file-safe row names)")
+        return folder
 
     def _pretrain_teacher_free(self, jobs: list, data: Path) -> None:
         """Train (not yet evaluate) the rows that need no teacher, skipping any another worker holds.
@@ -466,7 +480,7 @@ class Pipeline:
             if _needs_teacher(spec.method) or spec.options.get("seq_kd_targets"):
                 continue
             slug = self.slug(spec, size, seed)
-            folder = self.out / "students" / slug
+            folder = self._student_folder(spec, size, seed)
             if (folder / "stage.json").is_file():
                 continue
             with claim(self._lock(str(folder.relative_to(self.out))), wait=False) as held:
@@ -478,7 +492,7 @@ class Pipeline:
     def _student(self, spec: StudentSpec, size: str, seed: int, data: Path, teacher: Path, wait: bool = True):
         config = self.config
         slug = self.slug(spec, size, seed)
-        folder = self.out / "students" / slug
+        folder = self._student_folder(spec, size, seed)
         settings = self.config.student_settings(spec, size, seed, data, teacher)
         def work():
             self.log(f"student {slug}: {spec.method}")
@@ -493,6 +507,10 @@ class Pipeline:
             return result
         return {"name": spec.name, "method": spec.method, "options": dict(spec.options), "baseline": spec.baseline_label,
                 "size": size, "seed": seed, "folder": str(folder), **result}
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9.-]", "-", name.lower())).strip("-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The paper's findings, checked against the rows of one experiment.
 
 Zhang et al. (ACL 2023, "Towards Understanding and Improving Knowledge Distillation for Neural Machine
-Translation") make claims that a reproduction should confirm or refute one by one (../shared/docs/tie-kd.md):
+Translation") make claims that a reproduction should confirm or refute one by one (docs/method.md §4 and §11):
 
 1. TIE-KD improves the student over No-KD (+1.04 / +0.60 / +1.11 BLEU on WMT14 En-De, En-Fr, WMT16 En-Ro)
    and over word-level KD; word-level KD itself improves over No-KD (its analysis table, (a) against (d)).

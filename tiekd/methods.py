@@ -10,7 +10,7 @@ A `Method` says what the student learns and what the method needs from the rest 
   applies, `token_mask(config)`: which positions get the KD term (Selective-KD), `on_policy`: the
   KD prefix may be the student's own decoded output.
 The objective (tiekd/objectives.py) combines them as (1 - kd_alpha) * label-smoothed CE + kd_alpha * KD.
-Formulas and sources are in the loss docstrings of tiekd/losses/ and in docs/tie-kd.md.
+Formulas and sources are in the loss docstrings of tiekd/losses/ and in docs/method.md §9.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def build_model(preset: str | ModelPreset, tokenizer, max_positions: int = 512, 
 
 
 def _set_generation_defaults(model, pad_id: int) -> None:
-    # beam 4 and length penalty 0.6 are the paper's evaluation settings (tie-kd.md §5); <pad> is the
+    # beam 4 and length penalty 0.6 are the paper's evaluation settings (docs/method.md §11); <pad> is the
     # decoder's start symbol and must never be generated (CTranslate2 drops it from the vocabulary).
     generation = model.generation_config
     generation.num_beams = 4

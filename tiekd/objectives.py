@@ -2,7 +2,7 @@
 
 Each objective returns the SUM over non-pad target tokens (the trainer divides by the global token
 count of the update) and a dict of detached per-part sums for logging.
-- `none`: label-smoothed CE (tie-kd.md §3).
+- `none`: label-smoothed CE (docs/method.md §2).
 - word-level KD and the analysis variants: (1 - a) * ls_ce + a * KD on the gold prefix.
 - `selective-kd` (Wang et al. 2021): KD only on the batch's hardest `selective_ratio` tokens.
 - `reverse-kl`, `jsd`, `tvd`, `skew-kl`, `skew-reverse-kl`: word-level KD with that divergence
@@ -11,7 +11,7 @@ count of the update) and a dict of detached per-part sums for logging.
   probability `on_policy_lambda` a batch's KD term is computed on the student's own decoded output
   (sampled or greedy) instead of the gold prefix; the divergence is `on_policy_divergence`. lambda 0 is
   word-level KD with that divergence; TIE-KD's iterative passes are its teacher-forced argmax cousin.
-- `tie-kd` (Zhang et al. 2023, tie-kd.md §3-4): (1 - a) * ls_ce + a * mean over N passes of the
+- `tie-kd` (Zhang et al. 2023, docs/method.md §5-7): (1 - a) * ls_ce + a * mean over N passes of the
   TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right;
   with `iterative_start_update` U > 0, updates before U run pass 1 only (our option, not the paper's).
 The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once. What each method
@@ -146,7 +146,7 @@ class DistillationObjective(nn.Module):
         passes = self.passes if self.updates_done >= config.iterative_start_update else 1
         for pass_index in range(passes):
             if pass_index > 0:
-                # pass n > 1: the student's own previous predictions become the prefix (tie-kd.md §4)
+                # pass n > 1: the student's own previous predictions become the prefix (docs/method.md §6)
                 decoder_input = shift_right(student_logits.detach().argmax(-1), self.start_id)
                 student_logits = self._decode(self.student, student_encoded, attention_mask, decoder_input)
             with torch.inference_mode():

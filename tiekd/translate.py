@@ -2,7 +2,7 @@
 
 Sentences are decoded in batches sorted by length (less padding) and returned in input order.
 Beam search scores hypotheses by sum log p / length^lenpen (the convention of fairseq, HF and
-CTranslate2); the paper evaluates with beam 4 and length penalty 0.6 (tie-kd.md §5).
+CTranslate2); the paper evaluates with beam 4 and length penalty 0.6 (docs/method.md §11).
 """
 
 from __future__ import annotations

@@ -6,15 +6,17 @@
 #   fixed_budget.sh WORKTREE ROW UPDATES BASELINE_ROW
 # ROW and BASELINE_ROW are stage names under results/converged/students/. Run from a worktree pinned at the
 # commit that added the calling script; rerun to resume.
+# Paths come from the environment: WORKTREE (a git worktree at the commit this script names), RUNS (the
+# folder holding the experiment folders), MULTI30K (../shared/data/multi30k), ANCHORS (../shared/anchors).
 set -e
 [ $# -eq 4 ] || { echo "usage: $0 WORKTREE ROW UPDATES BASELINE_ROW" >&2; exit 2; }
 WORKTREE=$1 ROW=$2 UPDATES=$3 BASELINE=$4
 cd "$WORKTREE"
-export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
-PY=/work/main/.venv/bin/python
-STUDENTS=/work/main/results/converged/students
-R=/work/bg/runs/budget/${ROW%%-tiny-*}-$UPDATES-tiny-${ROW##*-tiny-}
-D=/work/bg/runs/converged/data
+export TIEKD_MULTI30K_DIR=$MULTI30K OMP_NUM_THREADS=1
+PY=python
+STUDENTS=results/converged/students
+R=$RUNS/budget/${ROW%%-tiny-*}-$UPDATES-tiny-${ROW##*-tiny-}
+D=$RUNS/converged/data
 resume=""; [ -f $R/run/config.yaml ] && resume="--resume"
 $PY -m tiekd distill --config $STUDENTS/$ROW/run/config.yaml --max-updates $UPDATES --save-every 100 --keep-last 5 --out $R/run $resume
 [ -d $R/model ] || $PY -m tiekd average $R/run --last 5 --out $R/model

@@ -3,13 +3,15 @@
 # Same schedule as the table's No-KD rows (lr 2e-3, 200 warm-up updates, linear decay over 3,600 updates),
 # seed 2 (the seed that left the early plateau at lr 1e-3, diag2.sh). $1 = train | eval.
 # Runs from a worktree of the commit that added this script; data and reference student from runs/converged.
+# Paths come from the environment: WORKTREE (a git worktree at the commit this script names), RUNS (the
+# folder holding the experiment folders), MULTI30K (../shared/data/multi30k), ANCHORS (../shared/anchors).
 set -e
-W=${WORKTREE:-/work/bg/tiekd-issue11b}
+W=${WORKTREE:-$WORKTREE}
 cd $W
-export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
-PY=/work/main/.venv/bin/python
-BASE=/work/bg/runs/converged/students/no-kd-tiny-seed1/run/config.yaml
-R=/work/bg/runs/diag/enc4-dec1-seed2-lr2e-3
+export TIEKD_MULTI30K_DIR=$MULTI30K OMP_NUM_THREADS=1
+PY=python
+BASE=$RUNS/converged/students/no-kd-tiny-seed1/run/config.yaml
+R=$RUNS/diag/enc4-dec1-seed2-lr2e-3
 if [ "$1" = train ]; then
   resume=""; [ -d $R/checkpoints ] && resume="--resume"
   exec nice -n 5 $PY -m tiekd train --config $BASE --model tiny-deep-shallow --lr 0.002 \

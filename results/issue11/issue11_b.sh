@@ -1,14 +1,16 @@
 #!/bin/bash
 # Issue 11 item 2: teacher-deep-shallow from scratch ($1=scratch) or initialised from the converged teacher ($1=init),
 # No-KD, 800 updates, lr 1e-3 linear decay, validation (full set, greedy) every 100 updates
+# Paths come from the environment: WORKTREE (a git worktree at the commit this script names), RUNS (the
+# folder holding the experiment folders), MULTI30K (../shared/data/multi30k), ANCHORS (../shared/anchors).
 set -e
-cd /work/bg/tiekd-issue11
-export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
-PY=/work/main/.venv/bin/python
-R=/work/bg/runs/issue11/teacher-deep-shallow-$1
-BASE=/work/bg/runs/converged/students/no-kd-tiny-seed1/run/config.yaml
-D=/work/bg/runs/converged/data
-T=/work/bg/runs/converged/teacher/model
+cd $WORKTREE
+export TIEKD_MULTI30K_DIR=$MULTI30K OMP_NUM_THREADS=1
+PY=python
+R=$RUNS/issue11/teacher-deep-shallow-$1
+BASE=$RUNS/converged/students/no-kd-tiny-seed1/run/config.yaml
+D=$RUNS/converged/data
+T=$RUNS/converged/teacher/model
 init=""; [ "$1" = init ] && init="--init-from-teacher"
 resume=""; [ -d $R/run/checkpoints ] && resume="--resume"
 $PY -m tiekd distill --allow-no-kd --config $BASE --model teacher-deep-shallow --teacher $T $init --lr 0.001 --max-updates 800 \

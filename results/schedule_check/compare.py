@@ -22,7 +22,7 @@ CPU core-hours with the per-update costs measured side by side (``update_costs_2
 table, via ``tiekd.compute_view``), printed and drawn as test BLEU against core-hours
 (``test_bleu_by_core_hours.png``, every seed a dot, the teacher a line).
 
-    python results/schedule_check/compare.py [--table /work/bg/runs/converged/students] [--check /work/bg/runs/schedule_check]
+    python results/schedule_check/compare.py [--table <runs>/converged/students] [--check <runs>/schedule_check]
 """
 from __future__ import annotations
 

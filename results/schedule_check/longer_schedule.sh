@@ -9,13 +9,15 @@
 # locked while it trains (flock on <row>-5400.lock), so a second driver of this script started beside this
 # one, or a worker reaching a row another holds, skips it instead of training it twice. (Copies of the
 # script from before the lock, 2026-12-05 21:42, take no lock: never list their rows while they run.)
+# Paths come from the environment: WORKTREE (a git worktree at the commit this script names), RUNS (the
+# folder holding the experiment folders), MULTI30K (../shared/data/multi30k), ANCHORS (../shared/anchors).
 set -e
-PY=${PY:-/work/main/.venv/bin/python}
-CODE=${CODE:-/work/bg/tiekd-students}       # git worktree at 9641b41
-TABLE=${TABLE:-/work/bg/runs/converged}      # the table's experiment folder (data/, teacher/, students/)
-OUT=${OUT:-/work/bg/runs/schedule_check}
-REF=${REF:-/work/shared/data/multi30k/test_2016_flickr.en}
-SRC=${SRC:-/work/shared/data/multi30k/test_2016_flickr.de}
+PY=${PY:-python}
+CODE=${CODE:-$WORKTREE}       # git worktree at 9641b41
+TABLE=${TABLE:-$RUNS/converged}      # the table's experiment folder (data/, teacher/, students/)
+OUT=${OUT:-$RUNS/schedule_check}
+REF=${REF:-$MULTI30K/test_2016_flickr.en}
+SRC=${SRC:-$MULTI30K/test_2016_flickr.de}
 KEEP=${KEEP:-$(cd "$(dirname "$0")" && pwd)}  # where finished results are copied
 WORKERS=${WORKERS:-2}
 export OMP_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456
@@ -64,7 +66,7 @@ worker() {  # walk every row; finished rows and rows locked by another worker ar
   return $failed
 }
 # Rows as <table row folder>:<subcommand>, split at the last colon (some folders hold colons, e.g.
-# "ablation:-ranking-only-tiny-seed1:distill"); the default is the first pair measured.
+# "ablation-ranking-only-tiny-seed1:distill"); the default is the first pair measured.
 [ $# -eq 0 ] && set -- no-kd-tiny-seed1:train word-kd-tiny-seed1:distill
 workers=()
 for ((index = 0; index < WORKERS; index++)); do

@@ -8,12 +8,14 @@
 # <set>.hyp beside its test_2016_flickr.hyp in KEEP; outputs already there and newer than the model are
 # kept, so a rerun only adds what is missing. About 55-85 s per model on one thread
 # (Intel Xeon, 2026-12-06, beside two training runs).
+# Paths come from the environment: WORKTREE (a git worktree at the commit this script names), RUNS (the
+# folder holding the experiment folders), MULTI30K (../shared/data/multi30k), ANCHORS (../shared/anchors).
 set -e
-PY=${PY:-/work/main/.venv/bin/python}
-CODE=${CODE:-/work/bg/tiekd-students}       # git worktree at 9641b41
-OUT=${OUT:-/work/bg/runs/schedule_check}     # the reruns, with their averaged models (<row>-5400/model)
-TEACHER=${TEACHER:-/work/bg/runs/converged/teacher/model}
-DATA=${DATA:-/work/shared/data/multi30k}
+PY=${PY:-python}
+CODE=${CODE:-$WORKTREE}       # git worktree at 9641b41
+OUT=${OUT:-$RUNS/schedule_check}     # the reruns, with their averaged models (<row>-5400/model)
+TEACHER=${TEACHER:-$RUNS/converged/teacher/model}
+DATA=${DATA:-$MULTI30K}
 KEEP=${KEEP:-$(cd "$(dirname "$0")" && pwd)}
 SETS="test_2017_flickr test_2017_mscoco test_2018_flickr"
 export OMP_NUM_THREADS=1

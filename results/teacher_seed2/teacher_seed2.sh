@@ -7,13 +7,15 @@
 # the anchor's horizon (1,400: single checkpoint, and 1,000-1,400 averaged) and the preset's (1,600-2,000
 # averaged). Test: test_2016_flickr, beam 4, length penalty 0.6, sacreBLEU.
 # Run from a worktree pinned at the commit that added this script; rerun to resume.
+# Paths come from the environment: WORKTREE (a git worktree at the commit this script names), RUNS (the
+# folder holding the experiment folders), MULTI30K (../shared/data/multi30k), ANCHORS (../shared/anchors).
 set -e
-cd /work/bg/tiekd-teacher2
-export TIEKD_MULTI30K_DIR=/work/shared/data/multi30k OMP_NUM_THREADS=1
-PY=/work/main/.venv/bin/python
-R=/work/bg/runs/teacher-seed2
-BASE=/work/main/results/converged/teacher/run/config.yaml
-D=/work/bg/runs/converged/data
+cd $WORKTREE
+export TIEKD_MULTI30K_DIR=$MULTI30K OMP_NUM_THREADS=1
+PY=python
+R=$RUNS/teacher-seed2
+BASE=results/converged/teacher/run/config.yaml
+D=$RUNS/converged/data
 resume=""; [ -f $R/run/config.yaml ] && resume="--resume"
 $PY -m tiekd train --config $BASE --seed 2 --keep-last 11 --data $D --out $R/run $resume
 C=$R/run/checkpoints
@@ -22,7 +24,7 @@ score() {  # name, then the checkpoints to average
   [ -d $R/$name ] || $PY -m tiekd average --checkpoints "$@" --out $R/$name
   [ -f $R/$name.hyp ] || $PY -m tiekd translate --model $R/$name -i $D/test_2016_flickr.de -o $R/$name.hyp --beam 4 --lenpen 0.6 --quiet
   $PY -m tiekd evaluate --hyp $R/$name.hyp --ref $D/test_2016_flickr.en \
-     --baseline-hyp /work/main/results/converged/teacher/eval/test_2016_flickr.hyp --json $R/$name.scores.json
+     --baseline-hyp results/converged/teacher/eval/test_2016_flickr.hyp --json $R/$name.scores.json
 }
 score at1400 $C/step_0001400
 score avg1000-1400 $C/step_0001000 $C/step_0001100 $C/step_0001200 $C/step_0001300 $C/step_0001400

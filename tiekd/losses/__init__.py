@@ -1,4 +1,4 @@
-"""Distillation losses for NMT over `[..., V]` logits (docs/tie-kd.md §3).
+"""Distillation losses for NMT over `[..., V]` logits (docs/method.md §2-9).
 
 Every loss returns the SUM over non-pad positions (target != pad_id, and `mask` where given) as a
 0-dim tensor; the trainer divides by `token_count(...)`. Temperature is 1. The hot losses run chunk by

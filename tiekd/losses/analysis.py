@@ -1,4 +1,4 @@
-"""The paper's analysis losses that take word-KD apart (docs/tie-kd.md §1 and §3).
+"""The paper's analysis losses that take word-KD apart (docs/method.md §4).
 
 (b) `kd_without_correlation_loss`: only the teacher's top-1, weighted by its probability.
 (c) `kd_without_top1_loss`: the teacher's top-1 mass moved onto the gold token.
@@ -83,7 +83,7 @@ def kd_without_correlation_loss(
     """Analysis (b), KD without the correlation information, summed over non-pad positions.
 
     Per position, with t_1 the teacher's top-1 id:  loss = -q[t_1] * log p[t_1]
-    (docs/tie-kd.md §3; the k = 1 case of `topk_kd_loss`).
+    (docs/method.md §4; the k = 1 case of `topk_kd_loss`).
 
     Args: as `tiekd.losses.word_kd_loss`. Returns a 0-dim fp32/fp64 sum.
     """
@@ -103,7 +103,7 @@ def kd_without_top1_loss(
     """Analysis (c), KD without the top-1 information, summed over non-pad positions.
 
     Per position, q' = q with q'[t_1] = 0 and then q'[gold] += q[t_1] (a no-op where t_1 is the gold
-    token), and (docs/tie-kd.md §3, teacher-side log as in the reference code):
+    token), and (docs/method.md §4, teacher-side log as in the reference code):
 
         loss = KL(q' || p) = sum_v q'_v * (log(q'_v + 1e-6) - log p_v),   terms with q'_v = 0 are 0.
 

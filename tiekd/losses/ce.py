@@ -1,4 +1,4 @@
-"""Label-smoothed cross-entropy on the gold tokens, in fairseq's form (docs/tie-kd.md §3)."""
+"""Label-smoothed cross-entropy on the gold tokens, in fairseq's form (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def label_smoothed_ce(
     """Label-smoothed cross-entropy, summed over non-pad positions.
 
     Per position, with p = softmax(student_logits), V the vocabulary size and eps_i = eps / (V - 1)
-    (fairseq's `label_smoothed_nll_loss`, used by the TIE-KD reference code; docs/tie-kd.md §3):
+    (fairseq's `label_smoothed_nll_loss`, used by the TIE-KD reference code; docs/method.md §2):
 
         ls_ce = (1 - eps - eps_i) * (-log p[gold]) + eps_i * (-sum_v log p[v])
 

@@ -1,6 +1,6 @@
 """Word-level divergences beyond KL(q || p), for comparing TIE-KD with the KD losses that followed it.
 
-Notation as in tie-kd.md §2: at one position, p = softmax(student logits z), q = softmax(teacher
+Notation as in docs/method.md §1: at one position, p = softmax(student logits z), q = softmax(teacher
 logits), over the vocabulary V. Each loss is summed over non-pad positions (and `mask`), chunked as in
 `tiekd.losses._chunked`, with exact log-softmax on both sides and mixtures formed in log space
 (logaddexp), so no probability is floored.

@@ -1,5 +1,5 @@
 """Selective-KD token selection, batch level (Wang et al., "Selective Knowledge Distillation for Neural
-Machine Translation", ACL 2021; a TIE-KD baseline, docs/tie-kd.md §5)."""
+Machine Translation", ACL 2021; a TIE-KD baseline, docs/method.md §8)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """TIE-KD token loss: KL plus the intra- and inter-ranking hinges on the teacher's top-k.
 
 Zhang et al., "Towards Understanding and Improving Knowledge Distillation for Neural Machine
-Translation", ACL 2023 (arXiv 2305.08096); exact math and reference-code defaults in docs/tie-kd.md §3.
+Translation", ACL 2023 (arXiv 2305.08096); exact math and reference-code defaults in docs/method.md §5.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def tie_kd_loss(
 
     Per position, with p = softmax(student_logits), q = softmax(teacher_logits), t_1..t_k the
     teacher's top-k ids sorted by q and s_1..s_k the student's top-k ids sorted by p
-    (docs/tie-kd.md §3; Zhang et al., ACL 2023, arXiv 2305.08096):
+    (docs/method.md §5; Zhang et al., ACL 2023, arXiv 2305.08096):
 
         KL      = sum_v q_v * (log(q_v + 1e-6) - log(p_v + 1e-6))
         R_intra = sum_{j=1..k} max(0, p[t_j] - p[t_1])

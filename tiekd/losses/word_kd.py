@@ -35,7 +35,7 @@ def word_kd_loss(
     """Word-level KD loss KL(q || p), summed over non-pad positions.
 
     Per position, with p = softmax(student_logits), q = softmax(teacher_logits) and exact log-softmax
-    on both sides (docs/tie-kd.md §3, "Word-KD"; Zhang et al., ACL 2023, arXiv 2305.08096):
+    on both sides (docs/method.md §3; Zhang et al., ACL 2023, arXiv 2305.08096):
 
         KL(q || p) = sum_v q_v * (log q_v - log p_v),   terms with q_v = 0 count as 0.
 
