@@ -279,3 +279,31 @@ def test_a_rank_skips_interpreter_shutdown_yet_keeps_its_output_and_exit_code(tm
         failed = subprocess.run(args, env=rank_env, capture_output=True, text=True, timeout=120)
         assert failed.returncode == code and says in failed.stderr, failed.stderr
         assert "interpreter shutdown ran" not in failed.stderr
+
+
+def test_experiment_trains_each_stage_on_n_processes(tmp_path, multi30k):
+    """`tiekd experiment --nproc-per-node 2`: the teacher and every student train under torchrun (2 gloo
+    processes here, one per GPU on a GPU machine), the other stages in the experiment's own process, and the
+    report comes out as with one process."""
+    import yaml
+
+    values = {"name": "n", "vocab_size": 300, "train_pairs": 400, "multi30k": str(multi30k),
+              "teacher": {"model": "micro", "max_updates": 6, "max_tokens": 1024, "lr": 3e-3, "warmup_updates": 2,
+                          "valid_every": 6, "valid_bleu": False, "log_every": 2},
+              "student": {"max_updates": 4, "max_tokens": 1024, "lr": 3e-3, "warmup_updates": 2, "valid_every": 4,
+                          "valid_bleu": False, "log_every": 2},
+              "student_sizes": ["micro"], "students": [{"name": "No-KD", "method": "none", "baseline": True},
+                                                       {"name": "TIE-KD", "method": "tie-kd"}],
+              "seeds": [1], "average_last": 1, "test_sets": ["test_2016_flickr"], "test_max_sentences": 10,
+              "max_decode_length": 12, "analyze_sentences": 10, "bootstrap_resamples": 50,
+              "randomization_trials": 100}
+    config = tmp_path / "n.yaml"
+    config.write_text(yaml.safe_dump(values))
+    out = tmp_path / "exp"
+    done = run_to_end([*SINGLE, "experiment", "--config", str(config), "--out", str(out), "--device", "cpu",
+                       "--nproc-per-node", "2"], cwd=tmp_path, timeout=500)
+    assert (out / "results.md").is_file()
+    for stage in ("teacher", "students/no-kd-micro-seed1", "students/tie-kd-micro-seed1"):
+        assert (out / stage / "stage-run.yaml").is_file() and (out / stage / "model" / "model.safetensors").is_file()
+    assert done.stdout.count("training on 2 processes (torchrun)") == 3
+    assert done.stdout.count("x 2 processes") >= 3  # each stage's trainer reports its world

@@ -95,7 +95,7 @@ class ExperimentConfig:
     randomization_trials: int = 10000  # sacreBLEU's paired approximate randomization (the reported p)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str) -> "ExperimentConfig":
+    def from_dict(cls, values: dict, source: str, check_data: bool = True) -> "ExperimentConfig":
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in values if k not in valid]
         if unknown:
@@ -110,7 +110,7 @@ class ExperimentConfig:
         config = cls(students=students, **values)
         from .experiment_checks import check_experiment
 
-        check_experiment(config, source)  # every run's settings, before any stage starts
+        check_experiment(config, source, check_data)  # every run's settings, before any stage starts
         return config
 
     def to_dict(self) -> dict:
@@ -150,16 +150,16 @@ def _needs_teacher(method: str) -> bool:
     return method not in METHODS or METHODS[method].needs_teacher
 
 
-def load_experiment_config(preset: str | None, config_path: str | None) -> ExperimentConfig:
+def load_experiment_config(preset: str | None, config_path: str | None, check_data: bool = True) -> ExperimentConfig:
     from .config import load_config_file
 
     if config_path:
-        return ExperimentConfig.from_dict(load_config_file(config_path), source=config_path)
+        return ExperimentConfig.from_dict(load_config_file(config_path), source=config_path, check_data=check_data)
     path = PRESET_DIR / f"{preset}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise TiekdError(f"unknown preset {preset!r}. Fix: use one of {', '.join(names)} or --config FILE")
-    return ExperimentConfig.from_dict(load_config_file(path), source=str(path))
+    return ExperimentConfig.from_dict(load_config_file(path), source=str(path), check_data=check_data)
 
 
 def settings_hash(value) -> str:
@@ -191,11 +191,13 @@ def claim(lock: Path, wait: bool):
 class Pipeline:
     """Runs the stages in `out`; each is skipped when its `stage.json` matches its settings."""
 
-    def __init__(self, config: ExperimentConfig, out: Path, device: str = "auto", report_only: bool = False):
+    def __init__(self, config: ExperimentConfig, out: Path, device: str = "auto", report_only: bool = False,
+                 nproc_per_node: int = 1):
         self.config = config
         self.report_only = report_only
         self.out = Path(out)
         self.device = device
+        self.nproc_per_node = nproc_per_node  # > 1: each training stage runs under torchrun (see _train)
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "experiment.yaml"
         current = json.loads(json.dumps(config.to_dict()))
@@ -345,12 +347,46 @@ class Pipeline:
         run = folder / "run"
         config = RunConfig.from_dict({**settings, "out": str(run), "device": self.device}, source=str(folder))
         resume = (run / "config.yaml").is_file()
-        summary = run_training(config, resume=resume, overwrite=not resume)
+        if self.nproc_per_node > 1:
+            summary = self._train_under_torchrun(folder, config, resume)
+        else:
+            summary = run_training(config, resume=resume, overwrite=not resume)
         if summary["interrupted"]:  # never record a half-trained model as a finished stage
             raise TiekdError(f"{run}: training was stopped by a signal at update {summary['step']}. Fix: rerun the "
                              "same command to resume it")
         average_checkpoints(find_last_checkpoints(run, self.config.average_last), folder / "model", overwrite=True)
         return summary
+
+    def _train_under_torchrun(self, folder: Path, config, resume: bool) -> dict:
+        """One training stage as `torchrun --nproc_per_node N -m tiekd distill --config <stage file>`: N
+        data-parallel processes (one per GPU, or gloo on CPUs) with the global batch of update_freq x N
+        batches, while this process keeps the single-process stages (prepare, averaging, decoding, scoring).
+        A stop signal to this process is passed on: the ranks save a checkpoint and the stage resumes later."""
+        import signal
+        import subprocess
+        import sys
+
+        from .io import atomic_write_text
+
+        stage_file = folder / "stage-run.yaml"
+        atomic_write_text(stage_file, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={self.nproc_per_node}", "-m", "tiekd", "distill", "--allow-no-kd",
+                   "--config", str(stage_file), "--resume" if resume else "--overwrite"]
+        self.log(f"{folder.name}: training on {self.nproc_per_node} processes (torchrun)")
+        child = subprocess.Popen(command)
+        forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            status = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        summary_file = Path(config.out) / "summary.json"
+        if status != 0 or not summary_file.is_file():
+            raise TiekdError(f"{folder}: training under torchrun ended with status {status}. Fix: read its output "
+                             "above; rerun the same command to resume from the last checkpoint")
+        return json.loads(summary_file.read_text(encoding="utf-8"))
 
     def _evaluate(self, model_dir: Path, folder: Path, data: Path) -> dict:
         """Translate each test set with `model_dir` into folder/<test>.hyp and score it."""
@@ -516,10 +552,14 @@ def _file_safe(name: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick",
                         help="quick (the README job: 13-27 min on 2 CPU cores), cpu (~4 core-hours), "
-                             "converged (~38 core-hours), capacity (~55 core-hours), gpu (one GPU)")
+                             "converged (~38 core-hours), capacity (~55 core-hours), gpu (one GPU), and the paper's "
+                             "WMT settings for GPUs: wmt14-en-de, wmt14-en-fr, wmt16-en-ro")
     parser.add_argument("--config", help="experiment YAML (overrides --preset); see tiekd/presets/")
     parser.add_argument("--out", required=True, help="experiment folder (rerun the same command to continue)")
     parser.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                        help="train each stage with N data-parallel processes under torchrun (one per GPU; gloo on "
+                             "CPUs); the global batch is N x update_freq batches. Default 1: in this process")
     parser.add_argument("--report-only", action="store_true",
                         help="write the tables and plots from the stages finished so far; train nothing")
 
@@ -535,6 +575,9 @@ def _device(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = load_experiment_config(args.preset, args.config)
-    path = Pipeline(config, Path(args.out), device=args.device, report_only=args.report_only).run()
+    if args.nproc_per_node < 1:
+        raise TiekdError(f"--nproc-per-node {args.nproc_per_node}: give 1 or more processes")
+    path = Pipeline(config, Path(args.out), device=args.device, report_only=args.report_only,
+                    nproc_per_node=args.nproc_per_node).run()
     print(path.read_text(encoding="utf-8"))
     return 0

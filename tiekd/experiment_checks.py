@@ -42,15 +42,17 @@ class _Report:
             raise TiekdError(problems_message(f"experiment {self.source}; nothing was run", texts))
 
 
-def check_experiment(config, source: str) -> None:
-    """Raise a TiekdError listing every problem of `config` (an ExperimentConfig read from `source`)."""
+def check_experiment(config, source: str, check_data: bool = True) -> None:
+    """Raise a TiekdError listing every problem of `config` (an ExperimentConfig read from `source`).
+    `check_data=False` checks the settings only: the data may be a dataset name that would need the internet."""
     from .config import RunConfig
 
     valid = [f.name for f in dataclasses.fields(RunConfig)]
     report = _Report(source)
     _check_shapes(config, report)
     report.raise_if_any()  # the runs below cannot even be built
-    _check_data(config, report)
+    if check_data:
+        _check_data(config, report)
 
     for section in ("teacher", "student"):
         for key in getattr(config, section):
