@@ -33,11 +33,11 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    from tiekd.evaluate import read_lines, score
-    from tiekd.export import CTranslate2Translator, export_ctranslate2
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.evaluation.evaluate import read_lines, score
+    from tiekd.inference.export import CTranslate2Translator, export_ctranslate2
+    from tiekd.inference.translate import DecodeOptions, translate_sentences
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.translate import DecodeOptions, translate_sentences
 
     torch.set_num_threads(args.threads)
     sources, references = read_lines(args.source), read_lines(args.reference)

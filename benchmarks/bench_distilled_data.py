@@ -35,7 +35,7 @@ def main() -> None:
     import sacrebleu
     import torch
 
-    from tiekd.distilled_data import DistillationOptions, build_distilled_data
+    from tiekd.data.distilled_data import DistillationOptions, build_distilled_data
     from tiekd.io import read_lines
 
     sources, references = read_lines(args.source)[:args.sentences], read_lines(args.references)[:args.sentences]
@@ -51,7 +51,7 @@ def main() -> None:
         (tmp / "src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
         (tmp / "ref").write_text("".join(r + "\n" for r in references), encoding="utf-8")
         # one CTranslate2 export shared by every CTranslate2 setting, made before any clock starts
-        from tiekd.export import export_ctranslate2
+        from tiekd.inference.export import export_ctranslate2
 
         export_ctranslate2(args.teacher, tmp / "ct2", quantization="float32")
         for name, options in settings:

@@ -37,8 +37,8 @@ def local_bytes(tensors) -> int:
 
 
 def measure(mode: str, args, tokenizer, device, world_size: int) -> dict:
-    from tiekd.fsdp import shard_model
     from tiekd.models import build_model
+    from tiekd.training.fsdp import shard_model
 
     torch.manual_seed(0)
     model = build_model(args.model, tokenizer).to(device).train()
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -119,6 +119,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tiekd.process_exit import run_and_exit
+    from tiekd.training.process_exit import run_and_exit
 
     run_and_exit(main)  # a rank skips interpreter shutdown, where leftover gloo threads can abort it (see there)

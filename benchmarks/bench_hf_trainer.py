@@ -3,7 +3,7 @@
 Both distill a fresh `tiny` student from one teacher with the same method, schedule and batches (the HF run
 uses `DistillationConfig(max_tokens=...)`, which feeds tiekd's token-count batches in tiekd's epoch order),
 side by side: one one-thread process each, started together, glibc's malloc tuned the same way in both
-(tiekd.malloc_tuning, what the `tiekd` command applies to its training commands). Time per update is the
+(tiekd.training.malloc_tuning, what the `tiekd` command applies to its training commands). Time per update is the
 wall time between the first and the last logged update of each run, read as the log lines appear, so
 start-up, the end-of-run validation and saving are outside it. Then both students translate the test sets
 (beam 4, the same code) and are scored with sacreBLEU, each set and all pooled.
@@ -55,15 +55,15 @@ def tiekd_command(args) -> list[str]:
 
 def hf_run(args) -> None:
     """The HF side, in its own process: DistillationTrainer with tiekd's batches and schedule."""
-    from tiekd.malloc_tuning import tune_for_command
+    from tiekd.training.malloc_tuning import tune_for_command
 
     tune_for_command("distill")  # the same allocator behaviour as the `tiekd distill` process beside it
     import torch
     from transformers import DataCollatorForSeq2Seq, TrainerCallback
 
+    from tiekd.data.tokenizer import load_tokenizer
     from tiekd.hf import DistillationConfig, DistillationTrainer, SentencePairs
     from tiekd.models import build_model, load_model
-    from tiekd.tokenizer import load_tokenizer
 
     out = args.out / "hf"
     tokenizer = load_tokenizer(args.prepared / "tokenizer")
@@ -124,8 +124,8 @@ def test_bleu(model_dir: Path, prepared: Path) -> dict[str, float]:
     import sacrebleu
     import torch
 
+    from tiekd.data.tokenizer import load_tokenizer
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
 
     torch.set_num_threads(1)
     model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)

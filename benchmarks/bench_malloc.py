@@ -1,4 +1,4 @@
-"""Training-step CPU cost with glibc's default malloc against tiekd's tuning (tiekd/malloc_tuning.py).
+"""Training-step CPU cost with glibc's default malloc against tiekd's tuning (tiekd/training/malloc_tuning.py).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_malloc.py --data runs/quick/data --student tiny --teacher teacher
     python benchmarks/bench_malloc.py --data DATA --teacher-model runs/converged/teacher/model --methods tie-kd
@@ -29,7 +29,7 @@ SETTINGS = ("default", "tuned")
 
 def measure_child(args) -> dict:
     """One case: train warm-up + timed steps of one method under one malloc setting."""
-    from tiekd.malloc_tuning import keep_freed_memory
+    from tiekd.training.malloc_tuning import keep_freed_memory
 
     applied = keep_freed_memory() if args.child_setting == "tuned" else False
     import torch
@@ -82,7 +82,7 @@ def summarise(cases: list[dict]) -> dict:
         out[setting]["cpu_s_per_step"] = statistics.median(c["user_s_per_step"] + c["sys_s_per_step"] for c in mine)
     if not all(case["applied"] for case in cases if case["setting"] == "tuned"):
         raise SystemExit("the tuned cases ran with glibc's default malloc (keep_freed_memory() was skipped: "
-                         "not glibc?); fix: run where tiekd.malloc_tuning.skip_reason() is None")
+                         "not glibc?); fix: run where tiekd.training.malloc_tuning.skip_reason() is None")
     out["cpu_ratio_default_over_tuned"] = out["default"]["cpu_s_per_step"] / out["tuned"]["cpu_s_per_step"]
     out["same_weights"] = len({case["weights_sha256"] for case in cases}) == 1
     return out

@@ -5,12 +5,12 @@ counting (every (source token, target token) pair in Python), side by side in on
         --source ../shared/data/multi30k/train.de --target ../shared/data/multi30k/train.en \
         --copies 1,10 --baseline-rev 65dbec8
 
-The earlier revision's tiekd/shortlist.py is loaded into the current package, so it imports the
-current tiekd.batching and tiekd.io: both columns tokenize the same way, and the comparison is of the
-counting alone. `--copies N` writes the corpus N times over into one file (a larger corpus with the
-same distinct token pairs, so it shows growth with the number of sentences, not with the number of
-distinct pairs). Every build runs in a fresh process, which reports its wall time and peak resident
-memory (VmHWM); the rules of the two are checked to be equal.
+The earlier revision's tiekd/shortlist.py (tiekd/inference/shortlist.py now) is loaded into the current
+package, so it imports the current tiekd.data.batching and tiekd.io: both columns tokenize the same way,
+and the comparison is of the counting alone. `--copies N` writes the corpus N times over into one file (a
+larger corpus with the same distinct token pairs, so it shows growth with the number of sentences, not
+with the number of distinct pairs). Every build runs in a fresh process, which reports its wall time and
+peak resident memory (VmHWM); the rules of the two are checked to be equal.
 """
 
 from __future__ import annotations
@@ -33,17 +33,20 @@ sys.path.insert(0, str(ROOT))
 def measure(spec: dict) -> dict:
     """Build the rules with the current code or with `spec['module']` (a file holding another revision's
     tiekd/shortlist.py, loaded as a module of the tiekd package)."""
+    import importlib
     import importlib.util
 
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     if spec["module"]:
+        # the baseline predates tiekd/data/: its `from .batching import` finds the module under its old name
+        sys.modules.setdefault("tiekd.batching", importlib.import_module("tiekd.data.batching"))
         module_spec = importlib.util.spec_from_file_location("tiekd._baseline_shortlist", spec["module"])
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module  # its dataclasses look their module up there
         module_spec.loader.exec_module(module)
     else:
-        from tiekd import shortlist as module
+        from tiekd.inference import shortlist as module
     tokenizer = load_tokenizer(spec["tokenizer"])
     started = time.perf_counter()
     always, rules = module.vocabulary_map_rules(tokenizer, spec["source"], spec["target"])

@@ -45,9 +45,9 @@ def measure(spec: dict) -> dict:
     if spec["engine"] == "pytorch":  # (imported here only: CTranslate2's processes run without PyTorch's threads)
         import torch
 
+        from tiekd.data.tokenizer import load_tokenizer
+        from tiekd.inference.translate import DecodeOptions, translate_sentences
         from tiekd.models import load_model
-        from tiekd.tokenizer import load_tokenizer
-        from tiekd.translate import DecodeOptions, translate_sentences
 
         torch.set_num_threads(spec["threads"])
         model, tokenizer = load_model(spec["folder"]), load_tokenizer(spec["folder"])
@@ -55,7 +55,7 @@ def measure(spec: dict) -> dict:
         translate = lambda text: translate_sentences(model, tokenizer, text, options)
         size = folder_mb(Path(spec["folder"]), ("model.safetensors",))
     else:
-        from tiekd.export import CTranslate2Translator
+        from tiekd.inference.export import CTranslate2Translator
 
         translator = CTranslate2Translator(spec["export"], intra_threads=spec["threads"])
         translate = lambda text: translator.translate(text, beam_size=beam, length_penalty=spec["lenpen"],
@@ -106,7 +106,7 @@ def main() -> None:
     if not args.model:
         parser.error("give at least one --model NAME=DIR (the first is the reference for the ratios)")
 
-    from tiekd.export import export_ctranslate2
+    from tiekd.inference.export import export_ctranslate2
     from tiekd.io import read_lines
 
     models = [spec.split("=", 1) for spec in args.model]
@@ -122,8 +122,8 @@ def main() -> None:
             if any(engine.endswith("-shortlist") for engine in engines):
                 if not args.shortlist:
                     parser.error("the -shortlist engines need --shortlist SOURCE TARGET")
-                from tiekd.shortlist import write_vocabulary_map
-                from tiekd.tokenizer import load_tokenizer
+                from tiekd.data.tokenizer import load_tokenizer
+                from tiekd.inference.shortlist import write_vocabulary_map
 
                 vocabulary_map = Path(tmp) / name / "vmap.txt"
                 vocabulary_map.parent.mkdir(parents=True)

@@ -86,10 +86,10 @@ def main() -> None:
     from tiekd.config import RunConfig
     from tiekd.models import build_model, load_model, parameter_count
     from tiekd.objectives import DistillationObjective
-    from tiekd.malloc_tuning import keep_freed_memory
-    from tiekd.trainer import autocast_context, pick_device
+    from tiekd.training.malloc_tuning import keep_freed_memory
+    from tiekd.training.trainer import autocast_context, pick_device
 
-    keep_freed_memory()  # as the tiekd command does (tiekd/malloc_tuning.py)
+    keep_freed_memory()  # as the tiekd command does (tiekd/training/malloc_tuning.py)
     device = pick_device(args.device)
     tokenizer, chosen = sample_real_batches(args.data, args.max_tokens, args.warmup + args.steps)
     if len(chosen) <= args.warmup:

@@ -14,9 +14,9 @@ def sample_real_batches(data: str, max_tokens: int, count: int):
     batches of at most `max_tokens` tokens, in a shuffled order that depends only on the data."""
     import torch
 
-    from tiekd.batching import collate, encode_pair_files, make_batches
+    from tiekd.data.batching import collate, encode_pair_files, make_batches
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     prepared = load_prepared(data)
     tokenizer = load_tokenizer(prepared.tokenizer_dir)

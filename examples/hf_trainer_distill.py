@@ -20,9 +20,9 @@ import sacrebleu
 import torch
 from transformers import DataCollatorForSeq2Seq
 
+from tiekd.data.tokenizer import load_tokenizer
 from tiekd.hf import DistillationConfig, DistillationTrainer, SentencePairs
 from tiekd.models import build_model, load_model
-from tiekd.tokenizer import load_tokenizer
 
 
 def arguments() -> argparse.Namespace:

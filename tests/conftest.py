@@ -96,7 +96,7 @@ def small_config(prepared: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory, prepared) -> Path:
     """A tiny teacher trained for a few hundred updates on the slice (its best checkpoint folder)."""
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     out = tmp_path_factory.mktemp("teacher") / "run"
     config = small_config(prepared, out, model="tiny", dropout=0.0, max_updates=150, valid_every=150,

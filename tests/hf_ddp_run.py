@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import DataCollatorForSeq2Seq
 
+from tiekd.data.tokenizer import load_tokenizer
 from tiekd.hf import DistillationConfig, DistillationTrainer, SentencePairs
 from tiekd.models import build_model, load_model
-from tiekd.tokenizer import load_tokenizer
 
 
 def main(prepared: Path, teacher_dir: Path, out: Path, accumulation: int) -> None:

@@ -15,10 +15,10 @@ from tiekd.errors import TiekdError
 
 
 def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(prepared):
-    from tiekd.batching import collate, encode_pair_files, make_batches
+    from tiekd.data.batching import collate, encode_pair_files, make_batches
     from tiekd.data.binarized import MappedCorpus, load_corpus
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     data = load_prepared(prepared)
     tokenizer = load_tokenizer(data.tokenizer_dir)
@@ -44,7 +44,7 @@ def test_a_damaged_id_file_is_named_with_the_fix(prepared, tmp_path):
 
     from tiekd.data.binarized import load_corpus
     from tiekd.data.prepare import load_prepared, verify_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     copy = tmp_path / "data"
     shutil.copytree(prepared, copy)
@@ -70,10 +70,10 @@ def test_a_damaged_id_file_is_named_with_the_fix(prepared, tmp_path):
 def test_a_folder_prepared_before_binarizing_is_still_read(prepared, tmp_path):
     import shutil
 
-    from tiekd.batching import EncodedCorpus
+    from tiekd.data.batching import EncodedCorpus
     from tiekd.data.binarized import load_corpus
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     old = tmp_path / "old"
     shutil.copytree(prepared, old)

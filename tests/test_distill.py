@@ -13,9 +13,9 @@ from tiekd import losses
 
 
 def batch_of(prepared, n=6):
-    from tiekd.batching import collate, encode_pair_files
+    from tiekd.data.batching import collate, encode_pair_files
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     data = load_prepared(prepared)
     tokenizer = load_tokenizer(data.tokenizer_dir)
@@ -88,7 +88,7 @@ def test_iterative_passes_feed_the_previous_student_argmax(prepared, teacher_dir
 
 
 def test_the_teacher_gets_no_gradient_and_is_not_updated(prepared, teacher_dir, tmp_path):
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     trainer = Trainer(small_config(prepared, tmp_path / "run", method="tie-kd", teacher=str(teacher_dir),
                                    max_updates=3, valid_bleu=False, valid_every=100), quiet=True)
@@ -103,7 +103,7 @@ def test_the_teacher_gets_no_gradient_and_is_not_updated(prepared, teacher_dir, 
 
 @pytest.mark.parametrize("method", ["tie-kd", "word-kd"])
 def test_short_distillation_lowers_the_kd_loss(prepared, teacher_dir, tmp_path, method):
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     out = tmp_path / method
     run_training(small_config(prepared, out, method=method, teacher=str(teacher_dir), max_updates=30,
@@ -137,7 +137,7 @@ WORD_LEVEL = ["tie-kd", "word-kd", "selective-kd", "kd-top1-only", "kd-without-t
 
 def first_update_batch(trainer):
     """The batch the trainer's first update takes (one process, update_freq 1)."""
-    from tiekd import batching
+    from tiekd.data import batching
 
     order = batching.epoch_order(len(trainer.batches), trainer.config.seed, 0)
     return batching.collate(trainer.train_corpus, trainer.batches[order[0]])
@@ -153,7 +153,7 @@ def test_every_method_trains_with_its_own_loss(prepared, teacher_dir, tmp_path, 
     other method's KD loss gives the same value (kd_alpha and topk off their defaults, so their
     wiring counts too)."""
     from tiekd.objectives import shift_right
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     out = tmp_path / "run"
     trainer = Trainer(small_config(prepared, out, method=method, teacher=str(teacher_dir), max_updates=2, kd_alpha=0.3,
@@ -198,12 +198,12 @@ def test_selective_kd_distills_only_the_hardest_half(prepared, teacher_dir, tmp_
 
 def test_seq_kd_method_end_to_end(prepared, teacher_dir, tmp_path):
     """seq-kd trains with plain CE on the teacher's greedy translations of the training sources."""
-    from tiekd.batching import encode_texts
+    from tiekd.data.batching import encode_texts
     from tiekd.data.prepare import load_prepared
     from tiekd.io import read_lines
     from tiekd.models import load_model
     from tiekd.objectives import shift_right
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     out = tmp_path / "run"
     # the 100 validation pairs as training set: the teacher translates them in seconds, not 2,000 pairs
@@ -253,8 +253,8 @@ def test_seq_kd_with_the_pytorch_engine_drops_its_teacher_after_decoding(prepare
                                                                           monkeypatch):
     """The pytorch engine decodes the targets with a loaded teacher, which training then lets go of
     (plain CE needs none); a resumed run, whose targets exist, does not load it at all."""
-    from tiekd import trainer as trainer_module
-    from tiekd.trainer import Trainer
+    from tiekd.training import trainer as trainer_module
+    from tiekd.training.trainer import Trainer
 
     loads = []
     original = trainer_module.load_teacher
@@ -275,7 +275,7 @@ def test_seq_kd_with_the_pytorch_engine_drops_its_teacher_after_decoding(prepare
 def test_iterative_passes_start_at_iterative_start_update(prepared, teacher_dir, tmp_path, monkeypatch):
     """Before update U (`iterative_start_update`) TIE-KD runs pass 1 only, its single-pass loss; from U on,
     all N passes."""
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     objective, batch = objective_for(prepared, teacher_dir, tmp_path / "objective", iterative_passes=3,
                                      iterative_start_update=5)

@@ -9,7 +9,7 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from conftest import head
-from tiekd.distilled_data import DistillationOptions, build_distilled_data, choose_hypothesis
+from tiekd.data.distilled_data import DistillationOptions, build_distilled_data, choose_hypothesis
 from tiekd.errors import TiekdError
 from tiekd.io import read_lines
 
@@ -108,21 +108,22 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import tiekd.distributed
-    from tiekd.distributed import DistInfo
     from tiekd.models import load_model
+    import tiekd.training.distributed
+    from tiekd.training.distributed import DistInfo
 
-    import tiekd.export
+    import tiekd.inference.export
     import tiekd.models
 
     out, _, _ = one_best_and_chrf
     meeting = threading.Barrier(2, timeout=300)
-    # tiekd.distilled_data imports these when it runs them, so patching the module that holds them is enough
-    monkeypatch.setattr(tiekd.distributed, "wait_for_all", lambda dist: dist.enabled and meeting.wait())
-    monkeypatch.setattr(tiekd.distributed, "open_long_waits", lambda dist: None)
+    # tiekd.data.distilled_data imports these when it runs them, so patching the module that holds them is enough
+    monkeypatch.setattr(tiekd.training.distributed, "wait_for_all", lambda dist: dist.enabled and meeting.wait())
+    monkeypatch.setattr(tiekd.training.distributed, "open_long_waits", lambda dist: None)
     exports = []
-    real_export = tiekd.export.export_ctranslate2
-    monkeypatch.setattr(tiekd.export, "export_ctranslate2", lambda *a, **k: exports.append(a) or real_export(*a, **k))
+    real_export = tiekd.inference.export.export_ctranslate2
+    monkeypatch.setattr(tiekd.inference.export, "export_ctranslate2",
+                        lambda *a, **k: exports.append(a) or real_export(*a, **k))
     options = DistillationOptions(beam=4, nbest=1, shard_size=16, max_length=LIMIT)
 
     def rank(r: int, work=tmp_path / "work") -> dict:

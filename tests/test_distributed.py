@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tiekd import checkpoint
+from tiekd.training import checkpoint
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                         "MASTER_PORT")}
@@ -142,7 +142,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 import torch.distributed as dist
-from tiekd import distributed
+from tiekd.training import distributed
 dist.init_process_group("gloo", timeout=timedelta(seconds=2))
 info = distributed.init_distributed("cpu")
 distributed.open_long_waits(info)
@@ -250,7 +250,7 @@ def test_fsdp_checkpoints_resume_sharded_or_replicated(prepared, tmp_path):
 
 
 def test_a_rank_skips_interpreter_shutdown_yet_keeps_its_output_and_exit_code(tmp_path):
-    """A torchrun rank ends with os._exit (tiekd.process_exit.run_and_exit): gloo threads that outlive the
+    """A torchrun rank ends with os._exit (tiekd.training.process_exit.run_and_exit): gloo threads that outlive the
     destroyed process group can abort a finalizing interpreter. Its atexit handlers (a probe here) must not
     run, after a return or an error, yet what it printed into a pipe must still arrive, and its exit code
     must be kept; a single process still shuts down normally."""

@@ -102,7 +102,7 @@ def test_on_policy_lambda_one_distills_on_the_students_own_greedy_output(prepare
 
 
 def test_on_policy_trains_and_refuses_fsdp(prepared, teacher_dir, tmp_path):
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     summary = run_training(small_config(prepared, tmp_path / "run", method="on-policy", teacher=str(teacher_dir),
                                         max_updates=3, valid_bleu=False, valid_every=100), quiet=True)

@@ -1,4 +1,4 @@
-"""tiekd.evaluate against sacreBLEU on real Multi30k references, corrupted deterministically."""
+"""tiekd.evaluation.evaluate against sacreBLEU on real Multi30k references, corrupted deterministically."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import sacrebleu
 
 from tiekd.errors import TiekdError
-from tiekd.evaluate import (
+from tiekd.evaluation.evaluate import (
     add_evaluate_arguments, bootstrap_ci, check_line_counts, corpus_statistics, paired_bootstrap, read_lines,
     run_evaluate, score, score_from_statistics,
 )
@@ -84,7 +84,7 @@ def test_paired_significance_is_sacrebleus_own_test(good, bad, refs, monkeypatch
     from sacrebleu.metrics import BLEU, CHRF
     from sacrebleu.significance import PairedTest
 
-    from tiekd.evaluate import paired_significance
+    from tiekd.evaluation.evaluate import paired_significance
 
     monkeypatch.delenv("SACREBLEU_SEED", raising=False)
     result = paired_significance(bad, good, refs, resamples=300, trials=500)

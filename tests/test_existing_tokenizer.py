@@ -58,9 +58,9 @@ def _prepare(root, out, tokenizer):
 def test_prepare_keeps_the_tokenizer_and_encodes_targets_with_the_target_model(opus_layout, tmp_path):
     import sentencepiece as spm
 
-    from tiekd.batching import encode_pair_files
+    from tiekd.data.batching import encode_pair_files
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     root, vocab, target_model = opus_layout
     data = load_prepared(_prepare(root, tmp_path / "data", root / "tokenizer"))
@@ -82,11 +82,11 @@ def test_prepare_keeps_the_tokenizer_and_encodes_targets_with_the_target_model(o
 
 
 def test_an_opus_layout_teacher_is_distilled_translated_and_averaged(opus_layout, tmp_path, prepared):
-    from tiekd.average import average_checkpoints, find_last_checkpoints
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.inference.translate import DecodeOptions, translate_sentences
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.trainer import run_training
-    from tiekd.translate import DecodeOptions, translate_sentences
+    from tiekd.training.average import average_checkpoints, find_last_checkpoints
+    from tiekd.training.trainer import run_training
 
     root, vocab, _ = opus_layout
     data = _prepare(root, tmp_path / "data", root / "tokenizer")
@@ -134,8 +134,8 @@ def test_batch_encoding_gives_the_tokenizers_own_ids(layout, opus_layout, teache
     """encode_texts' SentencePiece batch path gives, line for line, the ids of the tokenizer's own call,
     on both sides, for our tokenizer (one vocabulary) and the OPUS-MT layout (two SentencePiece models),
     on real text and on lines with language codes, special tokens, odd spaces and unknown characters."""
-    from tiekd.batching import _marian_encoder, encode_texts
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.batching import _marian_encoder, encode_texts
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir if layout == "tiekd" else opus_layout[0] / "tokenizer")
     for target, side in ((False, "de"), (True, "en")):
@@ -148,8 +148,8 @@ def test_batch_encoding_gives_the_tokenizers_own_ids(layout, opus_layout, teache
 def test_batch_encoding_looks_added_tokens_up_first_and_warns_of_cut_lines(teacher_dir, tmp_path):
     """A piece that is also an added token gets the added token's id, as in the tokenizer's own call;
     lines longer than the model's positions are cut, and a warning counts them."""
-    from tiekd.batching import encode_pair_files, encode_texts
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.batching import encode_pair_files, encode_texts
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir)  # a fresh copy: the shared teacher's tokenizer stays as it is
     piece = tokenizer.spm_source.encode("Hund", out_type=str)[0]
@@ -179,7 +179,7 @@ def test_shortlist_of_a_tokenizer_with_separate_vocabularies(opus_layout, tmp_pa
     import sentencepiece as spm
     from transformers import MarianTokenizer
 
-    from tiekd.shortlist import ShortlistOptions, vocabulary_map_rules
+    from tiekd.inference.shortlist import ShortlistOptions, vocabulary_map_rules
 
     root, _, _ = opus_layout
     models = {"source": root / "en.model", "target": root / "de.model"}  # English -> German: 300 and 400 pieces

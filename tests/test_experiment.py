@@ -33,9 +33,9 @@ def write_config(path, values):
 
 
 def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, multi30k, capsys, monkeypatch):
-    from tiekd import trainer
     from tiekd.cli import main
-    from tiekd.experiment import Pipeline
+    from tiekd.reproduce.experiment import Pipeline
+    from tiekd.training import trainer
 
     config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k)})
     out = tmp_path / "exp"
@@ -60,7 +60,7 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     assert all(verdict != "not run" for claim, verdict in findings.items() if claim.startswith("TIE-KD"))
 
     # a stage recorded before hashes became path-independent (hash of the raw settings) is still accepted
-    from tiekd.experiment import settings_hash
+    from tiekd.reproduce.experiment import settings_hash
 
     marker = out / "students" / "word-kd-micro-seed1" / "stage.json"
     record = json.loads(marker.read_text())
@@ -177,8 +177,8 @@ def test_a_count_of_significance_samples_below_1_is_refused_before_any_stage(tmp
 
 
 def test_every_shipped_preset_parses():
-    from tiekd.experiment import PRESET_DIR, load_experiment_config
     from tiekd.config import KD_METHODS, RunConfig
+    from tiekd.reproduce.experiment import PRESET_DIR, load_experiment_config
 
     names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     assert {"quick", "cpu", "gpu", "capacity", "wmt14-en-de", "wmt14-en-fr", "wmt16-en-ro"} <= set(names)
@@ -228,9 +228,9 @@ def naive_agreement(student, teacher, tokenizer, sources, targets, topk, edges=(
 def test_analyze_two_different_models_against_a_naive_reference(prepared, teacher_dir, tmp_path, capsys):
     from tiekd.cli import main
     from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
     from tiekd.io import read_lines
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
 
     # the student: the teacher with noisy weights, so the two agree on some tokens and not on others
     student = load_model(teacher_dir)
@@ -269,8 +269,8 @@ def test_analyze_two_different_models_against_a_naive_reference(prepared, teache
 
 def test_an_interrupted_training_stage_is_not_recorded_as_finished(tmp_path, multi30k, monkeypatch):
     """A SIGTERM makes the trainer save and return; the experiment must stop, not score a half-trained model."""
-    from tiekd import trainer
     from tiekd.cli import main
+    from tiekd.training import trainer
 
     config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k)})
     real = trainer.run_training

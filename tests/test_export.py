@@ -10,7 +10,7 @@ import torch
 from transformers import LogitsProcessor
 
 from tiekd.errors import TiekdError
-from tiekd.export import CTranslate2Translator, add_export_arguments, export_ctranslate2, run_export
+from tiekd.inference.export import CTranslate2Translator, add_export_arguments, export_ctranslate2, run_export
 
 from conftest import head
 
@@ -21,8 +21,8 @@ def model_dir(tmp_path_factory, multi30k):
     the source, so matching outputs mean something."""
     from transformers import AutoTokenizer
 
+    from tiekd.data.tokenizer import train_joint_sentencepiece
     from tiekd.models import build_model, keep_pad_embedding_zero
-    from tiekd.tokenizer import train_joint_sentencepiece
 
     root = tmp_path_factory.mktemp("export")
     sources, targets = head(multi30k / "train.de", 2000), head(multi30k / "train.en", 2000)
@@ -249,9 +249,9 @@ def test_translate_cli_reads_stdin_with_either_engine(model_dir, ct2_float32, ge
     import sys
 
     from tiekd.cli import main
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.inference.translate import DecodeOptions, translate_sentences
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.translate import DecodeOptions, translate_sentences
 
     text = "".join(line + "\r\n" for line in german[:5]) + "".join(line + "\n" for line in german[5:])
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))  # Windows line ends in the first half

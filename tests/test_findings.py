@@ -1,10 +1,11 @@
-"""tiekd.findings: the paper's claims read from an experiment's rows (roles, verdicts, shares of KD's gain)."""
+"""tiekd.reproduce.findings: the paper's claims read from an experiment's rows (roles, verdicts, shares of
+KD's gain)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tiekd.findings import Comparison, check, markdown, row_role
+from tiekd.reproduce.findings import Comparison, check, markdown, row_role
 
 MAIN = "test_2016_flickr"
 

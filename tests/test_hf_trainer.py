@@ -20,7 +20,7 @@ SCRIPT = Path(__file__).resolve().parent / "hf_ddp_run.py"
 
 @pytest.fixture(scope="module")
 def tokenizer(prepared):
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     return load_tokenizer(prepared / "tokenizer")
 
@@ -103,9 +103,9 @@ def test_deepspeed_and_a_missing_teacher_are_refused(tmp_path, tokenizer, pairs)
                                               ("on-policy", {"on_policy_lambda": 1.0})])
 def test_compute_loss_is_the_loss_tiekd_distill_optimises(tmp_path, teacher_dir, tokenizer, pairs, method, settings):
     """The same batch through DistillationTrainer.compute_loss and through the objective `tiekd distill` builds
-    from its RunConfig (tiekd/trainer.py divides its sum by the update's target tokens)."""
-    from tiekd.batching import collate
+    from its RunConfig (tiekd/training/trainer.py divides its sum by the update's target tokens)."""
     from tiekd.config import RunConfig
+    from tiekd.data.batching import collate
     from tiekd.objectives import DistillationObjective
 
     student, teacher = _student(tokenizer), _teacher(teacher_dir)
@@ -154,7 +154,7 @@ def test_an_accumulated_step_is_one_batch_over_all_its_target_tokens(tmp_path, t
     every parameter by minus the gradient of (sum of both batches' losses) / (all their target tokens)."""
     from torch.utils.data import Subset
 
-    from tiekd.batching import collate
+    from tiekd.data.batching import collate
     from tiekd.objectives import DistillationObjective
 
     teacher = _teacher(teacher_dir)
@@ -223,7 +223,7 @@ def test_two_ddp_processes_train_like_one_with_the_same_global_batch(tmp_path, p
 def test_max_tokens_feeds_tiekds_batches_in_tiekds_epoch_order(tmp_path, teacher_dir, tokenizer, pairs):
     """DistillationConfig(max_tokens=N): the train loader yields make_batches' token-count batches in
     epoch_order(seed, epoch), the batches `tiekd distill --max-tokens N --seed S` trains on."""
-    from tiekd.batching import collate, epoch_order, make_batches
+    from tiekd.data.batching import collate, epoch_order, make_batches
 
     trainer = _trainer(_student(tokenizer), _teacher(teacher_dir),
                        _config(tmp_path, method="word-kd", max_tokens=600, seed=4), pairs, tokenizer)

@@ -20,8 +20,8 @@ def test_evenly_spaced_layers_keep_the_first_and_the_last():
 
 
 def test_student_copies_embeddings_and_the_chosen_layers(prepared):
-    from tiekd.tokenizer import load_tokenizer
     from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(load_prepared(prepared).tokenizer_dir)
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ def test_student_copies_embeddings_and_the_chosen_layers(prepared):
 
 def test_distill_with_init_from_teacher_starts_from_the_teachers_weights(prepared, teacher_dir, tmp_path):
     from tiekd.models import load_model
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     config = small_config(prepared, tmp_path / "run", model="tiny", method="word-kd", teacher=str(teacher_dir),
                           init_from_teacher=True, max_updates=1)
@@ -56,9 +56,9 @@ def test_distill_with_init_from_teacher_starts_from_the_teachers_weights(prepare
 
 
 def test_deep_shallow_presets_have_a_shallow_decoder(prepared):
-    from tiekd.models import parameter_count
-    from tiekd.tokenizer import load_tokenizer
     from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.models import parameter_count
 
     tokenizer = load_tokenizer(load_prepared(prepared).tokenizer_dir)
     for name in ("deep-shallow-base", "deep-shallow-tiny"):
@@ -90,8 +90,8 @@ def test_tiny_deep_shallow_has_tinys_parameter_count_with_an_8k_vocabulary():
 
 
 def test_teacher_deep_shallow_can_start_from_the_teacher_preset(prepared):
-    from tiekd.tokenizer import load_tokenizer
     from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(load_prepared(prepared).tokenizer_dir)
     torch.manual_seed(0)

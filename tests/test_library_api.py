@@ -10,7 +10,7 @@ import torch
 
 
 def _batch(prepared, tokenizer, n=12):
-    from tiekd.batching import collate, encode_pair_files
+    from tiekd.data.batching import collate, encode_pair_files
 
     corpus = encode_pair_files(tokenizer, prepared / "valid.de", prepared / "valid.en")
     return collate(corpus, list(range(n)))
@@ -18,8 +18,8 @@ def _batch(prepared, tokenizer, n=12):
 
 @pytest.fixture(scope="module")
 def models(prepared, teacher_dir):
+    from tiekd.data.tokenizer import load_tokenizer
     from tiekd.models import build_model, load_model
-    from tiekd.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(prepared / "tokenizer")
     torch.manual_seed(3)

@@ -1,4 +1,4 @@
-"""tiekd.malloc_tuning: freed blocks stay in the process (a reused block is not faulted in again), the
+"""tiekd.training.malloc_tuning: freed blocks stay in the process (a reused block is not faulted in again), the
 tiekd command applies it to training commands only, and any allocator setting of the user's own is left alone."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tiekd import malloc_tuning
+from tiekd.training import malloc_tuning
 
 BLOCK_FLOATS = 16 * 2 ** 20  # 64 MB: above glibc's largest mmap threshold (32 MiB)
 PAGES = BLOCK_FLOATS * 4 // 4096

@@ -36,7 +36,7 @@ def test_a_new_method_needs_only_register(prepared, teacher_dir, tmp_path):
     configuration and the CLI, and the trainer computes it as the KD term of every update."""
     from tiekd.cli import build_parser
     from tiekd.config import RunConfig
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     calls = []
 

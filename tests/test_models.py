@@ -13,7 +13,7 @@ RATES = ("dropout", "attention_dropout", "activation_dropout")
 @pytest.fixture(scope="module")
 def tokenizer(prepared):
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     return load_tokenizer(load_prepared(prepared).tokenizer_dir)
 
@@ -82,12 +82,12 @@ def test_a_model_folder_loads_with_its_own_rates_or_overrides(tokenizer, tmp_pat
 
 
 def test_run_config_dropouts_reach_the_trained_student(prepared, tmp_path):
-    from tiekd import batching
     from tiekd.cli import _run_config_from_args, build_parser
+    from tiekd.data import batching
     from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
     from tiekd.models import build_model, load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     flags = ["--dropout", "0.25", "--attention-dropout", "0.15", "--activation-dropout", "0.05"]
     args = build_parser().parse_args(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), *flags])

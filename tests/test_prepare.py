@@ -17,8 +17,8 @@ import pytest
 from tiekd.data import load_prepared, prepare_data
 from tiekd.data import multi30k
 from tiekd.data.prepare import add_prepare_arguments, run_prepare
+from tiekd.data.tokenizer import TOKENIZER_FILES
 from tiekd.errors import TiekdError
-from tiekd.tokenizer import TOKENIZER_FILES
 
 # the repository sits at .../main and the shared data at .../shared, in CI as here
 MULTI30K = Path(os.environ.get("TIEKD_MULTI30K_DIR") or Path(__file__).resolve().parents[2] / "shared/data/multi30k")

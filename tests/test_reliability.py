@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import head, small_config
-from tiekd import checkpoint
 from tiekd.cli import main
 from tiekd.errors import TiekdError
+from tiekd.training import checkpoint
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                         "MASTER_PORT")}
@@ -203,7 +203,7 @@ def dead_pid() -> int:
 
 
 def test_a_damaged_checkpoint_is_named_and_skipped_on_resume(prepared, tmp_path, capsys, caplog):
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     # both halves run in this process: the same thread count, so the same floating-point sums
     run = tmp_path / "run"
@@ -251,7 +251,7 @@ def test_a_damaged_checkpoint_is_named_and_skipped_on_resume(prepared, tmp_path,
 
 
 def test_resume_accepts_the_run_folder_however_it_is_spelled_or_moved(prepared, tmp_path):
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     run = tmp_path / "run"
     run_training(small_config(prepared, run, max_updates=4, save_every=2, valid_every=100, valid_bleu=False),
@@ -363,9 +363,9 @@ def test_train_and_distill_refuse_bad_inputs(prepared, tmp_path, capsys):
 
 
 def test_distill_refuses_a_teacher_with_another_vocabulary(prepared, tmp_path, capsys):
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import train_joint_sentencepiece
     from tiekd.models import build_model
-    from tiekd.tokenizer import train_joint_sentencepiece
-    from tiekd.tokenizer import load_tokenizer
 
     other = tmp_path / "other_teacher"
     train_joint_sentencepiece([prepared / "train.de", prepared / "train.en"], tmp_path / "other_tok", vocab_size=600)
@@ -411,7 +411,7 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_last_good_checkpoint(prepar
     checkpoint; the partial folder is gone; once space is back, --resume finishes the run."""
     import errno
 
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     real_save = torch.save
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from tiekd.schedule import lr_at, make_scheduler
+from tiekd.training.schedule import lr_at, make_scheduler
 
 PEAK, INIT, MIN = 1e-3, 1e-5, 1e-4
 
@@ -68,7 +68,7 @@ def test_scheduler_sets_the_optimizer_to_lr_at_each_update(schedule):
 def test_a_run_updates_with_and_logs_the_scheduled_rates(prepared, tmp_path, schedule):
     """Update s (1-based) uses lr_at(s - 1); the `lr` logged at step s is the rate after s updates,
     lr_at(s), the one the next update uses (fairseq's convention)."""
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     config = small_config(prepared, tmp_path / "run", max_updates=10, warmup_updates=3, lr=2e-3,
                           warmup_init_lr=1e-5, min_lr=2e-4, lr_schedule=schedule, valid_every=100, valid_bleu=False)

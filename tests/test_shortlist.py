@@ -8,8 +8,8 @@ import pytest
 
 from conftest import head
 from tiekd.errors import TiekdError
-from tiekd.export import CTranslate2Translator, add_export_arguments, export_ctranslate2, run_export
-from tiekd.shortlist import ShortlistOptions, vocabulary_map_rules, write_vocabulary_map
+from tiekd.inference.export import CTranslate2Translator, add_export_arguments, export_ctranslate2, run_export
+from tiekd.inference.shortlist import ShortlistOptions, vocabulary_map_rules, write_vocabulary_map
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def parallel(tmp_path_factory, multi30k):
 
 
 def test_candidates_are_the_most_frequent_targets_and_each_tokens_co_occurring_ones(tmp_path, teacher_dir):
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir)
     # "Hund" always comes with "dog", "Katze" with "cat"; "a" and "." are in every target
@@ -63,7 +63,7 @@ def naive_rules(tokenizer, sources: list[str], targets: list[str], options: Shor
 def test_sparse_counting_over_chunks_gives_the_pairwise_definition(tmp_path, teacher_dir, multi30k):
     """Counts accumulated as sparse products over chunks of 300 pairs give the very rules (ties included)
     of counting every (source token, target token) pair in Python, on 2,000 Multi30k pairs."""
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir)
     sources, targets = head(multi30k / "train.de", 2000), head(multi30k / "train.en", 2000)
@@ -77,7 +77,7 @@ def test_sparse_counting_over_chunks_gives_the_pairwise_definition(tmp_path, tea
 
 
 def test_bad_input_names_the_file_and_the_fix(tmp_path, teacher_dir):
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir)
     (tmp_path / "s.de").write_text("Ein Hund.\nEine Katze.\n", encoding="utf-8")
@@ -90,7 +90,7 @@ def test_bad_input_names_the_file_and_the_fix(tmp_path, teacher_dir):
 
 def test_decoding_with_a_shortlist_emits_only_candidates_and_a_full_one_changes_nothing(
         tmp_path, teacher_dir, parallel, multi30k):
-    from tiekd.tokenizer import load_tokenizer
+    from tiekd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(teacher_dir)
     sources = head(multi30k / "val.de", 30)

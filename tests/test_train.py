@@ -17,7 +17,7 @@ def read_metrics(run: Path, kind: str = "train") -> list[dict]:
 
 
 def test_training_lowers_the_loss_and_writes_a_complete_run(prepared, tmp_path):
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     out = tmp_path / "run"
     summary = run_training(small_config(prepared, out, max_updates=40, valid_every=20), quiet=True)
@@ -40,10 +40,10 @@ def test_micro_model_overfits_100_pairs(tmp_path, multi30k):
     import sacrebleu
 
     from tiekd.data.prepare import prepare_data
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.inference.translate import DecodeOptions, translate_sentences
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.trainer import run_training
-    from tiekd.translate import DecodeOptions, translate_sentences
+    from tiekd.training.trainer import run_training
 
     src, tgt = head(multi30k / "train.de", 100), head(multi30k / "train.en", 100)
     for name, lines in (("t.de", src), ("t.en", tgt)):
@@ -73,7 +73,7 @@ def test_saved_model_loads_in_plain_transformers_and_translates_the_same(prepare
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from tiekd.cli import main
-    from tiekd.translate import DecodeOptions, sequence_log_probs, translate_to_ids
+    from tiekd.inference.translate import DecodeOptions, sequence_log_probs, translate_to_ids
 
     sources = head(Path(prepared) / "valid.de", 12)
     (tmp_path / "in.de").write_text("\n".join(sources) + "\n", encoding="utf-8")
@@ -102,9 +102,9 @@ def test_saved_model_loads_in_plain_transformers_and_translates_the_same(prepare
 
 
 def test_beam_search_scores_at_least_greedy(prepared, teacher_dir):
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.inference.translate import DecodeOptions, sequence_log_probs, translate_to_ids
     from tiekd.models import load_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.translate import DecodeOptions, sequence_log_probs, translate_to_ids
 
     model, tokenizer = load_model(teacher_dir), load_tokenizer(teacher_dir)
     sources = head(Path(prepared) / "valid.de", 30)
@@ -118,7 +118,7 @@ def test_beam_search_scores_at_least_greedy(prepared, teacher_dir):
 
 
 def test_resume_gives_the_same_losses_and_parameters(prepared, tmp_path):
-    from tiekd.trainer import Trainer, run_training
+    from tiekd.training.trainer import Trainer, run_training
 
     straight = tmp_path / "straight"
     run_training(small_config(prepared, straight, max_updates=24, valid_every=8, dropout=0.1), quiet=True)
@@ -146,7 +146,7 @@ def test_a_run_stopped_between_log_lines_logs_the_same_losses_after_resume(prepa
     updates 5-8, as an uninterrupted run does, not over 7-8 only."""
     import signal
 
-    from tiekd.trainer import Trainer, run_training
+    from tiekd.training.trainer import Trainer, run_training
 
     options = dict(max_updates=12, log_every=4, valid_every=100, valid_bleu=False, dropout=0.1)
     straight = tmp_path / "straight"
@@ -192,9 +192,9 @@ def test_a_checkpoint_from_before_saved_windows_resumes_with_an_empty_window():
 
 def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_update(prepared, tmp_path):
     """The accumulated gradient equals that of (sum of both batches' losses) / (their token count)."""
-    from tiekd import batching
+    from tiekd.data import batching
     from tiekd.models import zero_pad_row_grad
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     trainer = Trainer(small_config(prepared, tmp_path / "a", max_tokens=512, update_freq=2, max_updates=1,
                                    dropout=0.0, clip_norm=0.0, valid_bleu=False), quiet=True)
@@ -248,8 +248,8 @@ def test_average_of_different_checkpoints_is_their_elementwise_mean(prepared, tm
 def test_average_last_checkpoints_of_a_run(prepared, tmp_path):
     from safetensors.torch import load_file
 
-    from tiekd.average import average_checkpoints, find_last_checkpoints
-    from tiekd.trainer import run_training
+    from tiekd.training.average import average_checkpoints, find_last_checkpoints
+    from tiekd.training.trainer import run_training
 
     run = tmp_path / "run"
     run_training(small_config(prepared, run, max_updates=30, valid_every=10, valid_bleu=False), quiet=True)
@@ -264,7 +264,7 @@ def test_average_last_checkpoints_of_a_run(prepared, tmp_path):
 
 
 def test_an_existing_run_folder_is_refused_and_left_untouched(prepared, tmp_path):
-    from tiekd.trainer import run_training
+    from tiekd.training.trainer import run_training
 
     out = tmp_path / "run"
     out.mkdir()
@@ -288,8 +288,8 @@ def test_unknown_config_key_lists_the_valid_keys(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prepared, tmp_path, monkeypatch):
-    from tiekd import checkpoint
-    from tiekd.trainer import Trainer
+    from tiekd.training import checkpoint
+    from tiekd.training.trainer import Trainer
 
     out = tmp_path / "run"
     trainer = Trainer(small_config(prepared, out, max_updates=12, valid_every=5, valid_bleu=False), quiet=True)
@@ -312,8 +312,8 @@ def test_nonfinite_updates_can_be_skipped_and_counted(prepared, tmp_path, monkey
     the 3rd step, on the next batch."""
     import copy
 
-    from tiekd.schedule import lr_at
-    from tiekd.trainer import Trainer
+    from tiekd.training.schedule import lr_at
+    from tiekd.training.trainer import Trainer
 
     trainer = Trainer(small_config(prepared, tmp_path / "run", max_updates=6, valid_every=100, valid_bleu=False,
                                    on_nonfinite="skip"), quiet=True)
@@ -359,7 +359,7 @@ def test_best_checkpoint_and_keep_last_pruning(prepared, tmp_path, monkeypatch):
     only the newest `keep_last` step checkpoints stay."""
     from safetensors.torch import load_file
 
-    from tiekd.trainer import Trainer
+    from tiekd.training.trainer import Trainer
 
     for kind, values in (("bleu", [10.0, 30.0, 20.0, 25.0]), ("loss", [3.0, 2.0, 2.5, 2.2])):
         scores = iter(values)
@@ -385,7 +385,7 @@ def test_best_checkpoint_and_keep_last_pruning(prepared, tmp_path, monkeypatch):
 
 
 def test_prune_keeps_the_newest_steps_by_number(tmp_path):
-    from tiekd.checkpoint import prune_step_checkpoints
+    from tiekd.training.checkpoint import prune_step_checkpoints
 
     for name in ("step_5", "step_40", "step_100", "best", "notes"):
         (tmp_path / name).mkdir()
@@ -400,11 +400,11 @@ def test_max_epochs_runs_whole_epochs(prepared, tmp_path, monkeypatch):
     the decaying schedule's last update is the last of the 2nd epoch."""
     import yaml
 
-    from tiekd import batching
     from tiekd.cli import main
+    from tiekd.data import batching
     from tiekd.data.prepare import load_prepared
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.trainer import Trainer
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.training.trainer import Trainer
 
     seen = []  # (epoch, batch) of every update
     original = Trainer._update
@@ -438,8 +438,8 @@ def test_max_epochs_runs_whole_epochs(prepared, tmp_path, monkeypatch):
 
 
 def test_each_epoch_has_its_own_order_and_resumes_across_the_boundary(prepared, tmp_path, monkeypatch):
-    from tiekd import batching
-    from tiekd.trainer import Trainer, run_training
+    from tiekd.data import batching
+    from tiekd.training.trainer import Trainer, run_training
 
     seen = []  # (run, epoch, batch) of every update
     original = Trainer._update
@@ -467,7 +467,7 @@ def test_importing_tiekd_leaves_transformers_logging_alone():
     import sys
 
     code = ("from transformers.utils import logging as l; before = l.get_verbosity(); "
-            "import tiekd, tiekd.trainer, tiekd.experiment; assert l.get_verbosity() == before; "
+            "import tiekd, tiekd.training.trainer, tiekd.reproduce.experiment; assert l.get_verbosity() == before; "
             "assert l.is_progress_bar_enabled()")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -477,9 +477,9 @@ def test_a_length_factor_stops_each_translation_at_its_own_limit(prepared):
     greedy translation is the same decoded alone or in a batch with a longer source."""
     import math
 
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.inference.translate import DecodeOptions, translate_to_ids
     from tiekd.models import build_model
-    from tiekd.tokenizer import load_tokenizer
-    from tiekd.translate import DecodeOptions, translate_to_ids
 
     tokenizer = load_tokenizer(Path(prepared) / "tokenizer")
     torch.manual_seed(3)

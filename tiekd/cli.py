@@ -22,8 +22,8 @@ import typing
 from pathlib import Path
 
 from .errors import TiekdError
-from .malloc_tuning import tune_for_command
-from .process_exit import run_and_exit
+from .training.malloc_tuning import tune_for_command
+from .training.process_exit import run_and_exit
 from .writes import STORAGE_ERRNOS, failure_message
 
 
@@ -96,7 +96,7 @@ def _run_config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import run_training
+    from .training.trainer import run_training
 
     config = _run_config_from_args(args)
     from .methods import METHODS
@@ -112,8 +112,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .data.tokenizer import load_tokenizer
     from .models import describe_presets
-    from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     print(f"{'preset':17} {'params':>10} {'d_model':>7} {'enc/dec':>7} {'heads':>5} {'ffn':>5}  (vocab {len(tokenizer.get_vocab())})")
@@ -124,7 +124,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_average(args: argparse.Namespace) -> int:
-    from .average import average_checkpoints, find_last_checkpoints
+    from .training.average import average_checkpoints, find_last_checkpoints
 
     folders = [Path(f) for f in args.checkpoints] if args.checkpoints else find_last_checkpoints(args.run, args.last)
     out = average_checkpoints(folders, Path(args.out), overwrite=args.overwrite)
@@ -133,7 +133,7 @@ def _cmd_average(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from .translate_cli import run_translate
+    from .inference.translate_cli import run_translate
 
     return run_translate(args)
 
@@ -171,19 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_average)
 
-    from .translate_cli import add_translate_arguments
+    from .inference.translate_cli import add_translate_arguments
 
     p = sub.add_parser("translate", help="translate a file or stdin with beam search or greedy decoding")
     add_translate_arguments(p)
     p.set_defaults(func=_cmd_translate)
 
-    from .evaluate import add_evaluate_arguments, run_evaluate
+    from .evaluation.evaluate import add_evaluate_arguments, run_evaluate
 
     p = sub.add_parser("evaluate", help="BLEU/chrF with signatures; paired bootstrap against a baseline")
     add_evaluate_arguments(p)
     p.set_defaults(func=run_evaluate)
 
-    from .export import add_export_arguments, run_export
+    from .inference.export import add_export_arguments, run_export
 
     p = sub.add_parser("export", help="export a model to CTranslate2 (int8 by default)")
     add_export_arguments(p)
@@ -191,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # imported directly: a module that fails to import is a broken install, reported as such, never a
     # command that silently goes missing from the list
-    from . import analysis, distilled_data, experiment
+    from .data import distilled_data
+    from .evaluation import agreement
+    from .reproduce import experiment
 
     for name, module, help_text in (
-            ("analyze", analysis, None),
+            ("analyze", agreement, None),
             ("experiment", experiment, None),
             ("distill-data", distilled_data, "the teacher translates training or monolingual sources into "
                                              "targets for sequence-level KD (CTranslate2, n-best, chrF selection)")):
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> typing.NoReturn:
     """The `tiekd` command, `python -m tiekd` and `torchrun -m tiekd`: main, then the process's end
-    (a torchrun rank skips interpreter shutdown: tiekd.process_exit.run_and_exit)."""
+    (a torchrun rank skips interpreter shutdown: tiekd.training.process_exit.run_and_exit)."""
     run_and_exit(main)
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from .config_fields import InvalidConfig, Problem, field_problem, setting, unknown_key_problem, yaml_key_lines
 from .errors import TiekdError
-from .schedule import SCHEDULES
+from .training.schedule import SCHEDULES
 
 from .methods import DIVERGENCES, METHODS, get_method
 

@@ -213,12 +213,12 @@ def _refuse_engines(args: DistillationConfig) -> None:
 
 class TokenBatches(torch.utils.data.Sampler):
     """tiekd's training batches for any sized dataset of {"input_ids", "labels"} features: pairs sorted by
-    length and cut into batches of at most `max_tokens` padded tokens a side (tiekd.batching.make_batches), one
-    permutation of the batches per epoch (tiekd.batching.epoch_order, seeded by `seed` and the epoch), so a run
+    length and cut into batches of at most `max_tokens` padded tokens a side (tiekd.data.batching.make_batches), one
+    permutation of the batches per epoch (tiekd.data.batching.epoch_order, seeded by `seed` and the epoch), so a run
     through DistillationTrainer sees exactly the batches `tiekd distill --max-tokens N --seed S` sees."""
 
     def __init__(self, dataset, max_tokens: int, seed: int):
-        from .batching import make_batches
+        from .data.batching import make_batches
 
         self.plan = make_batches(_Lengths(dataset), max_tokens)
         self.seed, self.epoch = seed, 0
@@ -230,7 +230,7 @@ class TokenBatches(torch.utils.data.Sampler):
         return len(self.plan)
 
     def __iter__(self):
-        from .batching import epoch_order
+        from .data.batching import epoch_order
 
         return (self.plan[k] for k in epoch_order(len(self.plan), self.seed, self.epoch))
 
@@ -261,7 +261,7 @@ class SentencePairs(torch.utils.data.Dataset):
     `DataCollatorForSeq2Seq`. Encoded once with `tokenizer` (lines longer than `max_length` tokens truncated)."""
 
     def __init__(self, tokenizer, source_path, target_path, max_length: int = 256):
-        from .batching import encode_pair_files
+        from .data.batching import encode_pair_files
 
         self.corpus = encode_pair_files(tokenizer, source_path, target_path, max_positions=max_length)
 

@@ -232,7 +232,7 @@ def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_toke
         raise TiekdError(f"the teacher's vocabulary has {sizes[1]:,} entries and the student's {sizes[0]:,}: "
                          "KD needs one vocabulary. Fix: build the student with the teacher's tokenizer")
     if student_tokenizer is not None and teacher_tokenizer is not None:
-        from .tokenizer import vocab_fingerprint
+        from .data.tokenizer import vocab_fingerprint
 
         prints = vocab_fingerprint(student_tokenizer), vocab_fingerprint(teacher_tokenizer)
         if prints[0] != prints[1]:

@@ -19,7 +19,7 @@ t-test (which also carries the training runs' seed noise, the question "is the m
 
 Last, the equal-compute view of the finished seeds (issue 10 item 4): each method and schedule priced in
 CPU core-hours with the per-update costs measured side by side (``update_costs_2026-12-04.json`` of the
-table, via ``tiekd.compute_view``), printed and drawn as test BLEU against core-hours
+table, via ``tiekd.reproduce.compute_view``), printed and drawn as test BLEU against core-hours
 (``test_bleu_by_core_hours.png``, every seed a dot, the teacher a line).
 
     python results/schedule_check/compare.py [--table <runs>/converged/students] [--check <runs>/schedule_check]
@@ -31,7 +31,7 @@ import math
 import statistics
 from pathlib import Path
 
-from tiekd.compute_view import quarter_mark, validation_records
+from tiekd.reproduce.compute_view import quarter_mark, validation_records
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROWS = ["no-kd-tiny-seed1", "word-kd-tiny-seed1"]
@@ -52,7 +52,7 @@ def mean_up_to(records: list[dict], end_step: int, key: str, count: int = 3) -> 
 
 
 def late_view(records: list[dict]) -> dict | None:
-    """The issue's test (what the last 25% of updates add, from ``tiekd.compute_view.quarter_mark`` to the
+    """The issue's test (what the last 25% of updates add, from ``tiekd.reproduce.compute_view.quarter_mark`` to the
     end, as in ``late_gain``), also on 3-validation means, with validation nll at the same two points and
     the best and final BLEU. None without two such validations."""
     at_75 = quarter_mark(records)
@@ -133,7 +133,7 @@ def test_view(rows: list[str], table: Path, check: Path, ref: Path) -> dict[tupl
     3,600), and TIE-KD against Word-KD per seed at each schedule over the seeds both have there (at 3,600
     every table seed: the table's comparison) with sacreBLEU's paired approximate randomization (10,000
     trials). Returns the test BLEU of each (method, seed, updates) found."""
-    from tiekd.evaluate import score
+    from tiekd.evaluation.evaluate import score
     from tiekd.io import read_lines
 
     refs = read_lines(ref)
@@ -178,7 +178,7 @@ def tie_against_word(title: str, seeds: list[int], refs: list[str], lines, bleu)
     """Print TIE-KD minus Word-KD per seed with sacreBLEU's paired approximate-randomization p (10,000
     trials; test-sentence noise only), then over seeds (seed_test). ``lines(method, seed)`` gives a
     system's outputs, ``bleu(method, seed)`` its BLEU on ``refs``."""
-    from tiekd.evaluate import paired_significance
+    from tiekd.evaluation.evaluate import paired_significance
 
     print(title)
     differences = []
@@ -195,7 +195,7 @@ def other_sets_view(rows: list[str], check: Path, data: Path) -> None:
     """The 5,400-update rows and the teacher on Multi30k's four test sets (other_test_sets.sh), and TIE-KD
     against Word-KD per seed on all of them pooled (3,532 sentences: corpus BLEU of the concatenation,
     with sacreBLEU's paired approximate randomization), then over seeds (paired t)."""
-    from tiekd.evaluate import score
+    from tiekd.evaluation.evaluate import score
     from tiekd.io import read_lines
 
     refs = {name: read_lines(data / f"{name}.en") for name in TEST_SETS if (data / f"{name}.en").exists()}
@@ -249,14 +249,14 @@ def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Pa
     """Test BLEU against training core-hours for each method and schedule.
 
     core-hours(run) = sum over its updates of the measured CPU seconds per update of its objective
-    (tiekd.compute_view.updates_cost) / 3600: one machine's side-by-side costs, so the runs compare
+    (tiekd.reproduce.compute_view.updates_cost) / 3600: one machine's side-by-side costs, so the runs compare
     although they were trained on several machines. Validation, checkpoint averaging and the teacher's
     own training are not counted. A method's means are over its paired seeds (those finished at 5,400,
     at both schedules; every table seed while none has finished), so a mean moves only by the schedule.
     """
-    from tiekd.compute_view import load_update_costs, run_settings, updates_cost
-    from tiekd.evaluate import score
+    from tiekd.evaluation.evaluate import score
     from tiekd.io import read_lines
+    from tiekd.reproduce.compute_view import load_update_costs, run_settings, updates_cost
 
     costs = load_update_costs(costs_path)
     if costs is None:

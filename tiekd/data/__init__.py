@@ -1,4 +1,6 @@
-"""Data: reading and validating parallel text, Multi30k, and the `prepare` job."""
+"""Data: reading and validating parallel text, Multi30k, and the `prepare` job; the joint SentencePiece
+tokenizer, encoding and token-count batches; and the teacher's translations that sequence-level KD
+trains on (`distilled_data`)."""
 
 from .prepare import PreparedData, add_prepare_arguments, load_prepared, prepare_data, run_prepare
 

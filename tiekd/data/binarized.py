@@ -130,7 +130,7 @@ class MappedIds:
 
 @dataclass
 class MappedCorpus:
-    """A split's sources and targets as `MappedIds`, with EncodedCorpus's interface (tiekd.batching);
+    """A split's sources and targets as `MappedIds`, with EncodedCorpus's interface (tiekd.data.batching);
     sequences longer than `max_positions` are cut to fit (the last id kept as </s>) when collated."""
 
     sources: MappedIds
@@ -181,7 +181,7 @@ def load_corpus(prepared, files: tuple[Path, Path], tokenizer, max_positions: in
     """The pairs of two text files of a prepared folder: memory-mapped when `tiekd prepare` binarized
     them (meta.json's "binarized"), else encoded now as before (folders from before binarizing, and
     sequence-level KD's targets, which a run writes itself)."""
-    from ..batching import encode_pair_files
+    from .batching import encode_pair_files
 
     records = (prepared.meta.get("binarized", {}) if prepared is not None else {})
     found = {}

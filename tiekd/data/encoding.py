@@ -1,5 +1,5 @@
 """Token ids of text lines with a Hugging Face (Marian) tokenizer, without torch: what `prepare` writes
-and what training would otherwise encode at its start (tiekd.batching)."""
+and what training would otherwise encode at its start (tiekd.data.batching)."""
 
 from __future__ import annotations
 

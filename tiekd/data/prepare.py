@@ -1,6 +1,6 @@
 """The `prepare` job: parallel text in, a prepared-data folder out.
 
-    OUT/tokenizer/            joint SentencePiece model as a Marian tokenizer (tiekd.tokenizer)
+    OUT/tokenizer/            joint SentencePiece model as a Marian tokenizer (tiekd.data.tokenizer)
     OUT/<split>.<src_lang>    cleaned text, UTF-8, LF, one sentence a line; splits: train, valid, tests
     OUT/<split>.<tgt_lang>
     OUT/meta.json             languages, vocabulary size, options, inputs (paths + SHA-256) and per-split counts
@@ -34,7 +34,7 @@ from .. import __version__
 from ..errors import TiekdError, input_error
 from ..io import count_lines
 from .. import writes
-from ..tokenizer import TOKENIZER_FILES, train_joint_sentencepiece
+from .tokenizer import TOKENIZER_FILES, train_joint_sentencepiece
 from . import multi30k
 from .encoding import encode_flat
 from .corpus import SplitCounts, check_text_file, iter_split
@@ -85,7 +85,7 @@ def prepare_data(
     at random with a fixed seed when the corpus has more).
 
     The input is streamed: read, cleaned and filtered a line at a time, its ids encoded in chunks by
-    SentencePiece's threads (tiekd.batching.encode_flat) and written beside the text as memory-mappable
+    SentencePiece's threads (tiekd.data.batching.encode_flat) and written beside the text as memory-mappable
     files (tiekd.data.binarized), so memory does not grow with the corpus."""
     log = print if verbose else (lambda *_: None)
     out_dir = Path(out_dir)
@@ -107,7 +107,7 @@ def prepare_data(
     if tokenizer_sample != DEFAULT_TOKENIZER_SAMPLE:  # recorded (and fingerprinted) only when not the default
         meta["tokenizer_sample"] = tokenizer_sample
     if tokenizer is not None:
-        from ..tokenizer import load_tokenizer, vocab_fingerprint
+        from .tokenizer import load_tokenizer, vocab_fingerprint
 
         size, digest = vocab_fingerprint(load_tokenizer(tokenizer))
         meta["vocab_size"] = size
@@ -319,7 +319,7 @@ def _build(build: Path, split_files: dict, meta: dict, log, empty: str, sample_s
         _train_tokenizer(build, staged, counts["train"], meta, tokenizer_dir, log, sample_size)
     seconds["tokenizer"], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
 
-    from ..tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer
     from .binarized import IdsWriter
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -415,7 +415,7 @@ def _encode_and_filter(staged: tuple[Path, Path], final: tuple[Path, Path], writ
 
 
 def _copy_tokenizer(meta: dict, tokenizer_dir: Path, log) -> None:
-    from ..tokenizer import copy_existing_tokenizer, vocab_fingerprint
+    from .tokenizer import copy_existing_tokenizer, vocab_fingerprint
 
     source = meta["tokenizer_from"]["path"]
     log(f"using the tokenizer of {source} ({meta['vocab_size']:,} tokens) instead of training one")

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..distributed import DistInfo
+from ..data.tokenizer import load_tokenizer, vocab_fingerprint
 from ..errors import TiekdError
 from ..models import DROPOUT_FIELDS, build_model, load_model
-from ..schedule import make_scheduler
-from ..tokenizer import load_tokenizer, vocab_fingerprint
+from .distributed import DistInfo
+from .schedule import make_scheduler
 
 
 def check_model_arguments(config: RunConfig) -> None:
@@ -80,7 +80,7 @@ def make_optimizer(student, config: RunConfig) -> torch.optim.Adam:
 
 
 def make_run_scheduler(optimizer, config: RunConfig, total_updates: int):
-    """The learning-rate schedule (tiekd/schedule.py) over a run of `total_updates` updates."""
+    """The learning-rate schedule (tiekd/training/schedule.py) over a run of `total_updates` updates."""
     if config.lr_schedule != "inverse-sqrt" and total_updates <= config.warmup_updates:
         raise TiekdError(f"--lr-schedule {config.lr_schedule}: the run has {total_updates} updates, no more than "
                          f"its {config.warmup_updates} warm-up updates. Fix: lower --warmup-updates or train longer")
@@ -90,12 +90,12 @@ def make_run_scheduler(optimizer, config: RunConfig, total_updates: int):
 
 def parallelise(objective, config: RunConfig, dist: DistInfo, device: torch.device, announce: bool):
     """The module that runs the updates: the objective, compiled with --compile, wrapped in DDP under
-    torchrun; with --fsdp under torchrun the student is sharded in place instead (tiekd/fsdp.py)."""
+    torchrun; with --fsdp under torchrun the student is sharded in place instead (tiekd/training/fsdp.py)."""
     sharded = config.fsdp and dist.enabled
     if config.fsdp and not dist.enabled and announce:
         print("--fsdp: one process, so nothing to shard; training unsharded", flush=True)
     if sharded:
-        from ..fsdp import shard_model
+        from .fsdp import shard_model
 
         shard_model(objective.student, device, dist.world_size)
     module = torch.compile(objective) if config.compile else objective

@@ -1,6 +1,6 @@
 """What a run keeps in each checkpoint, and how it saves into and resumes from one.
 
-A checkpoint folder (written atomically and verified by tiekd/checkpoint.py) is a Hugging Face model
+A checkpoint folder (written atomically and verified by tiekd/training/checkpoint.py) is a Hugging Face model
 folder plus `trainer_state.pt`, a dict with
     the TrainingState keys   step, epoch, update_in_epoch, best_score, ..., loss_window (state.py)
     optimizer, optimizer_layout
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoint
+from . import checkpoint
 from ..config import RunConfig
-from ..distributed import DistInfo
+from .distributed import DistInfo
 from ..errors import TiekdError
 from .replica import UnshardedStudent
 from .state import TrainingState
@@ -89,8 +89,8 @@ class Checkpointer:
         if self.sharded and not self.optimizer.state:
             # nothing to keep yet; get_optimizer_state_dict would take a real (zero-gradient) Adam step
             return {}, "empty"
-        if self.sharded:  # unsharded, keyed by parameter name: resumable under any world size (tiekd/fsdp.py)
-            from ..fsdp import full_optimizer_state
+        if self.sharded:  # unsharded, keyed by parameter name: resumable under any world size (tiekd/training/fsdp.py)
+            from .fsdp import full_optimizer_state
 
             return full_optimizer_state(self.unsharded.student, self.optimizer), "names"
         return self.optimizer.state_dict(), "ids"
@@ -119,7 +119,7 @@ class Checkpointer:
         saved = checkpoint.load_trainer_state(folder)
         layout = saved.get("optimizer_layout", "ids")  # "empty": saved before the first step, nothing to restore
         if layout == "names":  # written under FSDP
-            from ..fsdp import load_full_optimizer_state
+            from .fsdp import load_full_optimizer_state
 
             load_full_optimizer_state(self.unsharded.student, self.optimizer, saved["optimizer"])
         elif layout == "ids" and self.sharded:

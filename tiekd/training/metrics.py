@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from ..distributed import DistInfo
+from .distributed import DistInfo
 from .. import writes
 from ..writes import atomic_write_text
 from .state import LossWindow

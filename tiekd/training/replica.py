@@ -1,6 +1,6 @@
 """The student as a plain model, for validation and saving.
 
-Without FSDP that is the student itself. Under FSDP (tiekd/fsdp.py) each rank holds a shard only, so
+Without FSDP that is the student itself. Under FSDP (tiekd/training/fsdp.py) each rank holds a shard only, so
 an unsharded replica, built once and reused, is filled with the full weights each time it is needed.
 Validation needs it on every rank (ranks decode different numbers of steps, which sharded layers, each
 forward a collective, cannot do); saving needs it on rank 0 only, on the CPU.
@@ -26,7 +26,7 @@ class UnshardedStudent:
         off again); without, only rank 0 gets it, on the CPU, and the other ranks get None."""
         if not self.sharded:
             return self.student
-        from ..fsdp import full_model_state
+        from .fsdp import full_model_state
 
         weights = full_model_state(self.student, every_rank)
         if not weights:

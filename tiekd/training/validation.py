@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from .. import batching
 from ..config import RunConfig
-from ..decode_limits import MAX_DECODE_LENGTH
-from ..distributed import DistInfo, all_reduce_sum, gather_objects
+from ..data import batching
 from ..data.binarized import load_corpus
+from ..inference.decode_limits import MAX_DECODE_LENGTH
+from ..inference.translate import DecodeOptions, translate_sentences
 from ..io import read_lines
 from ..losses import label_smoothed_ce
 from ..objectives import shift_right
-from ..translate import DecodeOptions, translate_sentences
 from .devices import autocast_context
+from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .state import TrainingState
 
 # validation stops a translation after 3x its source's tokens (Marian's default --max-length-factor):

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import yaml
 
-from tiekd.checkpoint import STEP_PATTERN, latest_good_checkpoint, step_checkpoints, verify_checkpoint
+from tiekd.training.checkpoint import STEP_PATTERN, latest_good_checkpoint, step_checkpoints, verify_checkpoint
 
-# where a run keeps the teacher's translations it trains on (tiekd/training/corpus.py): hours of decoding
+# where a run keeps the teacher's translations it trains on (tiekd/training/train_corpus.py): hours of decoding
 # with the pinned code's `generate`, so they travel like a checkpoint
 TARGETS = Path("seqkd")
 TARGET_FILES = ("train.hyp", "train.hyp.json", "info.json")  # the targets, then their settings (new, pinned code)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import read_lines  # noqa: F401  (part of this module's API)
-from .errors import TiekdError
+from ..io import read_lines  # noqa: F401  (part of this module's API)
+from ..errors import TiekdError
 
 METRICS = ("bleu", "chrf")
 
@@ -352,6 +352,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
             print(f"  {metric:5s} {ci['score']:6.2f}, 95% interval [{ci['ci'][0]:.2f}, {ci['ci'][1]:.2f}]")
 
     if args.json:
-        from .io import atomic_write_json
+        from ..io import atomic_write_json
 
         atomic_write_json(Path(args.json), result)

@@ -27,11 +27,11 @@ import typing
 import warnings
 from pathlib import Path
 
+from .. import writes
+from ..data.tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
+from ..errors import TiekdError
 from .decode_limits import MAX_DECODE_LENGTH
-from .errors import TiekdError
-from . import writes
 from .shortlist import ShortlistOptions
-from .tokenizer import load_tokenizer  # (importing it also silences MarianTokenizer's sacremoses advice)
 
 if typing.TYPE_CHECKING:  # the command line builds its parser from this module without waiting for torch
     import torch
@@ -43,7 +43,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization:
                        overwrite: bool = False, vocabulary_map: str | Path | None = None) -> Path:
     """Convert the model folder `model_dir` into a self-contained CTranslate2 folder `out_dir`.
 
-    `vocabulary_map`: a lexical shortlist (`vmap.txt`, tiekd/shortlist.py) stored with the model;
+    `vocabulary_map`: a lexical shortlist (`vmap.txt`, tiekd/inference/shortlist.py) stored with the model;
     CTranslate2Translator then decodes over each batch's candidate tokens only.
 
     The folder is built in a temporary sibling and renamed into place at the end, so `out_dir` is
@@ -124,7 +124,7 @@ class CTranslate2Translator:
 
     def __init__(self, folder: str | Path, device: str = "cpu", inter_threads: int = 1, intra_threads: int = 0,
                  compute_type: str = "default", use_shortlist: bool | None = None):
-        """`use_shortlist`: decode over the vocabulary map's candidates (tiekd/shortlist.py); None uses
+        """`use_shortlist`: decode over the vocabulary map's candidates (tiekd/inference/shortlist.py); None uses
         it whenever the folder has one (`vmap.txt`)."""
         import ctranslate2
 
@@ -166,7 +166,7 @@ class CTranslate2Translator:
             return []
         source_ids = self.tokenizer(sentences).input_ids
         limit, eos = self.max_source_positions, self.tokenizer.eos_token_id
-        if limit:  # the model has no positions beyond this: cut, keeping </s> (as tiekd.translate does)
+        if limit:  # the model has no positions beyond this: cut, keeping </s> (as tiekd.inference.translate does)
             source_ids = [ids[:limit - 1] + [eos] if len(ids) > limit else ids for ids in source_ids]
         source_tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in source_ids]
         results = self.translator.translate_batch(

@@ -23,7 +23,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .writes import save_figure
+from ..writes import save_figure
 
 CONVERGED_BELOW = 0.3  # BLEU over the last 25% of updates, 3-validation means
 
@@ -71,7 +71,7 @@ def parameter_count(model_dir: str | Path) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    from .models import parameter_count as count
+    from ..models import parameter_count as count
 
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(str(model_dir)))

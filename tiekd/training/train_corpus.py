@@ -2,7 +2,7 @@
 
 The training targets are the prepared data's own, or with sequence-level KD (Kim & Rush 2016:
 `--method seq-kd`, or `--seq-kd-targets` under another method) the teacher's beam translations of the
-training sources, decoded once into the run folder by tiekd/distilled_data.py and reused on resume:
+training sources, decoded once into the run folder by tiekd/data/distilled_data.py and reused on resume:
 with CTranslate2 (the default; n-best lists and chrF selection) or with `generate` on the loaded teacher.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
-from ..distributed import DistInfo
+from .distributed import DistInfo
 from ..errors import TiekdError
 
 
@@ -46,7 +46,7 @@ def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: D
     if hyp.is_file():  # a resumed run keeps its targets
         return source, hyp
     work = hyp.parent
-    from ..distilled_data import DistillationOptions, build_distilled_data
+    from ..data.distilled_data import DistillationOptions, build_distilled_data
 
     options = DistillationOptions(engine=config.seq_kd_engine, beam=config.seq_kd_beam, nbest=config.seq_kd_nbest,
                                   select=config.seq_kd_select)

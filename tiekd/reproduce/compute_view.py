@@ -2,7 +2,7 @@
 
 A KD method that costs more per update (TIE-KD runs the teacher and the student's decoder N times)
 can win at equal updates and lose at equal compute. Each student's `metrics.jsonl` holds its
-validation records with `train_core_seconds` (tiekd.trainer: CPU time of the training updates,
+validation records with `train_core_seconds` (tiekd.training.trainer: CPU time of the training updates,
 validation excluded, summed over resumes); this module turns them into curves, a plot, and the BLEU
 each row reaches within given budgets of core-hours.
 
@@ -26,8 +26,8 @@ import math
 import statistics
 from pathlib import Path
 
-from .errors import TiekdError
-from .writes import save_figure
+from ..errors import TiekdError
+from ..writes import save_figure
 
 UPDATE_COSTS_FILE = "update_costs.json"
 
@@ -110,7 +110,7 @@ def run_settings(run_folder: Path) -> dict:
     """The run's config.yaml, over RunConfig's defaults (for settings an older run did not write)."""
     import yaml
 
-    from .config import RunConfig
+    from ..config import RunConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)
                 if f.default is not dataclasses.MISSING}

@@ -11,7 +11,7 @@ Translation") make claims that a reproduction should confirm or refute one by on
    alone about 0.25-0.36, and the two together more than either.
 
 "X beats Y" is read over the seeds both rows have, from paired tests on the main test set
-(sacreBLEU's approximate randomization, `tiekd.evaluate.paired_significance`): it holds when the mean
+(sacreBLEU's approximate randomization, `tiekd.evaluation.evaluate.paired_significance`): it holds when the mean
 difference is positive, and each seed's p < 0.05 says how firmly. A share of KD's gain, for 2, is
 
     share(X) = (BLEU(X) - BLEU(No-KD)) / (BLEU(Word-KD) - BLEU(No-KD)),  on X's seeds,
@@ -44,7 +44,7 @@ ROLES = {
 
 @cache
 def _run_defaults() -> dict:
-    from .config import RunConfig
+    from ..config import RunConfig
 
     return {f.name: f.default for f in fields(RunConfig)}
 
@@ -165,7 +165,7 @@ def markdown(findings: list[dict], teacher_bleu: float, students: list[dict], si
              f"{'all test sets pooled' if main_test == 'pooled' else main_test}. \"X beats Y\": mean difference over the seeds "
              f"both rows have, each seed's paired approximate-randomization p (significant: p < {SIGNIFICANT}). "
              f"Shares of Word-KD's gain over No-KD: \"almost all\" read as ≥ {ALMOST_ALL:.0%}, \"most lost\" "
-             f"as ≤ {AT_MOST_HALF:.0%} kept (tiekd/findings.py).", "",
+             f"as ≤ {AT_MOST_HALF:.0%} kept (tiekd/reproduce/findings.py).", "",
              "| finding | the paper | measured here | verdict |", "|---|---|---|---|"]
     lines += [f"| {f['claim']} | {f['paper']} | {f['measured']} | {f['verdict']} |" for f in findings]
     tie = [row["scores"][main_test]["bleu"] for row in rows_by_role(students, size).get("tie-kd", {}).values()]

@@ -27,15 +27,15 @@ import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .decode_limits import MAX_DECODE_LENGTH
-from .errors import TiekdError
-from . import writes
-from .io import atomic_write_json, atomic_write_text, count_lines, iter_lines
+from .. import writes
+from ..errors import TiekdError
+from ..inference.decode_limits import MAX_DECODE_LENGTH
+from ..io import atomic_write_json, atomic_write_text, count_lines, iter_lines
 
-# tiekd.distributed (torch) is imported where it is used: the command line builds its parser from this
+# tiekd.training.distributed (torch) is imported where it is used: the command line builds its parser from this
 # module and `tiekd --help` should not wait seconds for torch
 if typing.TYPE_CHECKING:
-    from .distributed import DistInfo
+    from ..training.distributed import DistInfo
 
 ENGINES = ("ctranslate2", "pytorch")
 SELECTIONS = ("best", "chrf")
@@ -82,7 +82,7 @@ class DistillationOptions:
 
 class _CTranslate2Engine:
     def __init__(self, folder: Path, options: DistillationOptions):
-        from .export import CTranslate2Translator
+        from ..inference.export import CTranslate2Translator
 
         self.options = options
         # the teacher's own outputs: a shortlist stored with an export would restrict them unrecorded
@@ -108,7 +108,7 @@ class _CTranslate2Engine:
 
 class _PyTorchEngine:
     def __init__(self, model_dir: Path, options: DistillationOptions, model=None):
-        from .models import load_model
+        from ..models import load_model
         from .tokenizer import load_tokenizer
 
         self.options = options
@@ -117,7 +117,7 @@ class _PyTorchEngine:
         self.tokenizer = load_tokenizer(model_dir)
 
     def nbest(self, sentences: list[str]) -> list[list[tuple[str, int, bool]]]:
-        from .translate import DecodeOptions, translate_to_ids
+        from ..inference.translate import DecodeOptions, translate_to_ids
 
         o = self.options
         outputs = translate_to_ids(self.model, self.tokenizer, sentences,
@@ -149,7 +149,7 @@ def _exported_teacher(teacher: Path, work_dir: Path) -> Path:
     """The CTranslate2 folder to decode with: `teacher` itself, or its export in `work_dir` (made once)."""
     if (teacher / "model.bin").is_file():
         return teacher
-    from .export import export_ctranslate2
+    from ..inference.export import export_ctranslate2
 
     exported = work_dir / "teacher-ct2"
     if not (exported / "model.bin").is_file():
@@ -231,7 +231,7 @@ def build_distilled_data(teacher: str | Path, sources_path: str | Path, out_path
     """
     from tqdm.auto import tqdm
 
-    from .distributed import DistInfo, open_long_waits
+    from ..training.distributed import DistInfo, open_long_waits
 
     dist = dist or DistInfo()
 
@@ -320,7 +320,7 @@ def _together(dist: DistInfo, work_dir: Path, stage: str, action):
     Under torchrun an error on one rank (a settings mismatch on rank 0, a failed export) would otherwise
     leave the others waiting until the launcher kills them, with no message of their
     own. The failing rank leaves its message in the work folder before it meets the others."""
-    from .distributed import wait_for_all
+    from ..training.distributed import wait_for_all
 
     try:
         result = action()

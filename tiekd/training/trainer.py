@@ -6,7 +6,7 @@ every rank computes from the batch list without communication. With DDP averagin
 ranks, each rank scales its local sum by `world_size / global_tokens`, so the update is identical
 however the batch is split. The whole state (model, optimizer, scheduler, data position, RNG) goes
 into every checkpoint; `--resume` continues bit-for-bit on CPU in deterministic mode.
-With `--fsdp` the student is sharded (tiekd/fsdp.py) instead of replicated; the same code runs.
+With `--fsdp` the student is sharded (tiekd/training/fsdp.py) instead of replicated; the same code runs.
 
 The `Trainer` only composes the parts in tiekd/training/ (state, checkpointing, validation, metrics,
 signals; see its __init__.py) and runs the loop.
@@ -20,27 +20,28 @@ from pathlib import Path
 
 import torch
 
-from . import batching, checkpoint
-from .config import RunConfig
+from ..config import RunConfig
+from ..data import batching
+from ..data.binarized import load_corpus
+from ..data.tokenizer import load_tokenizer
+from ..errors import TiekdError
+from ..io import atomic_write_json
+from ..methods import get_method
+from ..models import parameter_count, zero_pad_row_grad
+from ..objectives import DistillationObjective
+from . import checkpoint
+from .build import (build_student, check_model_arguments, load_teacher, make_optimizer,
+                    make_run_scheduler, parallelise, seed_everything)
+from .checkpointing import Checkpointer, find_resume_checkpoint, load_student_weights
+from .devices import autocast_context, pick_device
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
-from .errors import TiekdError
-from .io import atomic_write_json
-from .methods import get_method
-from .models import parameter_count, zero_pad_row_grad
-from .data.binarized import load_corpus
-from .objectives import DistillationObjective
+from .metrics import MetricsLog, train_record
+from .replica import UnshardedStudent
 from .runfolder import prepare_run_folder
-from .tokenizer import load_tokenizer
-from .training.build import (build_student, check_model_arguments, load_teacher, make_optimizer,
-                             make_run_scheduler, parallelise, seed_everything)
-from .training.checkpointing import Checkpointer, find_resume_checkpoint, load_student_weights
-from .training.corpus import split_files, teacher_targets_file, training_pair_files, uses_teacher_targets
-from .training.devices import autocast_context, pick_device
-from .training.metrics import MetricsLog, train_record
-from .training.replica import UnshardedStudent
-from .training.signals import StopRequests
-from .training.state import TrainingState
-from .training.validation import Validator
+from .signals import StopRequests
+from .state import TrainingState
+from .train_corpus import split_files, teacher_targets_file, training_pair_files, uses_teacher_targets
+from .validation import Validator
 
 __all__ = ["Trainer", "run_training", "pick_device", "autocast_context", "split_files"]
 
@@ -49,7 +50,7 @@ class Trainer:
     """One run: build everything from a `RunConfig`, then `fit()`."""
 
     def __init__(self, config: RunConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False):
-        from .data.prepare import load_prepared
+        from ..data.prepare import load_prepared
 
         self.device = pick_device(config.device)
         self.dist: DistInfo = init_distributed(self.device.type)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig
-from .errors import TiekdError
+from ..config import RunConfig
+from ..errors import TiekdError
 
 # keys a resumed run may change: extending a run is allowed, changing what it trains is not. `out` is the
 # folder being resumed, however it is spelled (relative, absolute, trailing slash) or wherever it was moved

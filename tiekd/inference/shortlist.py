@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TiekdError
-from .io import atomic_write_text, count_lines, iter_lines
+from ..errors import TiekdError
+from ..io import atomic_write_text, count_lines, iter_lines
 
 # torch is imported where it is used: `tiekd export --help` reads ShortlistOptions and should not wait for torch
 if typing.TYPE_CHECKING:
@@ -92,7 +92,7 @@ def _incidence(tokenizer, lines: list[str], target: bool, side: _Side) -> torch.
     the two differ, as in OPUS-MT), special tokens left out."""
     import torch
 
-    from .batching import encode_texts
+    from ..data.batching import encode_texts
 
     ids = encode_texts(tokenizer, lines, target=target)
     tokens = np.fromiter((t for line in ids for t in line), dtype=np.int64)

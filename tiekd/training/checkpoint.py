@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import TiekdError
-from . import writes
-from .io import sha256_file
+from ..errors import TiekdError
+from .. import writes
+from ..io import sha256_file
 
 log = logging.getLogger(__name__)
 

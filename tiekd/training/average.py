@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .errors import TiekdError
-from . import writes
+from ..errors import TiekdError
+from .. import writes
 
 
 def find_last_checkpoints(run_dir: Path, last: int) -> list[Path]:

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import yaml
 
-from .decode_limits import MAX_DECODE_LENGTH
-from .errors import TiekdError
-from .io import atomic_write_json
-from .methods import METHODS
+from ..errors import TiekdError
+from ..inference.decode_limits import MAX_DECODE_LENGTH
+from ..io import atomic_write_json
+from ..methods import METHODS
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"  # tiekd/presets (package data)
 
 
 @dataclass
@@ -146,12 +146,12 @@ class ExperimentConfig:
 
 def _needs_teacher(method: str) -> bool:
     """Whether rows of `method` get the teacher; an unknown method (a typo the checks report with the
-    others, tiekd/experiment_checks.py) is given one, so that it fails there and not here."""
+    others, tiekd/reproduce/experiment_checks.py) is given one, so that it fails there and not here."""
     return method not in METHODS or METHODS[method].needs_teacher
 
 
 def load_experiment_config(preset: str | None, config_path: str | None, check_data: bool = True) -> ExperimentConfig:
-    from .config import load_config_file
+    from ..config import load_config_file
 
     if config_path:
         return ExperimentConfig.from_dict(load_config_file(config_path), source=config_path, check_data=check_data)
@@ -215,7 +215,7 @@ class Pipeline:
                                  f"{', '.join(changed)}). Fix: use a new --out, or delete the folder to start "
                                  "again; only rows (students, seeds, student_sizes) may be added to it")
         if not report_only and previous != current:
-            from .io import atomic_write_text
+            from ..io import atomic_write_text
 
             atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -277,7 +277,7 @@ class Pipeline:
     # ------------------------------------------------------------ stages
     def source(self):
         """The experiment's data (tiekd.data.source), its files looked up again (they may have moved)."""
-        from .data.source import read_source
+        from ..data.source import read_source
 
         config = self.config
         return read_source(config.data, config.multi30k, config.src_lang, config.tgt_lang)
@@ -293,7 +293,7 @@ class Pipeline:
         """Whether a prepared folder must be encoded again because the teacher's vocabulary differs."""
         if not self.config.teacher_model:
             return False
-        from .tokenizer import load_tokenizer, vocab_fingerprint
+        from ..data.tokenizer import load_tokenizer, vocab_fingerprint
 
         return vocab_fingerprint(load_tokenizer(self.config.teacher_model)) != \
             vocab_fingerprint(load_tokenizer(source.path / "tokenizer"))
@@ -313,8 +313,8 @@ class Pipeline:
         return inputs
 
     def prepare(self, source) -> Path:
-        from .data.prepare import prepare_data
-        from .data.source import head_slice
+        from ..data.prepare import prepare_data
+        from ..data.source import head_slice
 
         config = self.config
         data = self.out / "data"
@@ -325,7 +325,7 @@ class Pipeline:
             prepare_data(data, multi30k_dir=source.path, **common)
             return data
         if source.kind == "hf_dataset":  # its rows as text files beside the prepared data, then as files
-            from .data.source import export_hf_splits
+            from ..data.source import export_hf_splits
 
             source.splits.update(export_hf_splits(source, self.out / "hf_text", config.src_lang, config.tgt_lang,
                                                   ["train", "valid", *config.test_sets]))
@@ -340,9 +340,9 @@ class Pipeline:
 
     def _train(self, folder: Path, settings: dict) -> dict:
         """Train (or resume) one run and average its last checkpoints into folder/model."""
-        from .average import average_checkpoints, find_last_checkpoints
-        from .config import RunConfig
-        from .trainer import run_training
+        from ..config import RunConfig
+        from ..training.average import average_checkpoints, find_last_checkpoints
+        from ..training.trainer import run_training
 
         run = folder / "run"
         config = RunConfig.from_dict({**settings, "out": str(run), "device": self.device}, source=str(folder))
@@ -366,7 +366,7 @@ class Pipeline:
         import subprocess
         import sys
 
-        from .io import atomic_write_text
+        from ..io import atomic_write_text
 
         stage_file = folder / "stage-run.yaml"
         atomic_write_text(stage_file, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
@@ -390,13 +390,13 @@ class Pipeline:
 
     def _evaluate(self, model_dir: Path, folder: Path, data: Path) -> dict:
         """Translate each test set with `model_dir` into folder/<test>.hyp and score it."""
-        from .data.prepare import load_prepared
-        from .evaluate import score
-        from .io import atomic_write_text, read_lines
-        from .models import load_model
-        from .tokenizer import load_tokenizer
-        from .trainer import pick_device
-        from .translate import DecodeOptions, translate_sentences
+        from ..data.prepare import load_prepared
+        from ..data.tokenizer import load_tokenizer
+        from ..evaluation.evaluate import score
+        from ..inference.translate import DecodeOptions, translate_sentences
+        from ..io import atomic_write_text, read_lines
+        from ..models import load_model
+        from ..training.trainer import pick_device
 
         prepared = load_prepared(data)
         device = pick_device(self.device)
@@ -423,12 +423,12 @@ class Pipeline:
         return scores
 
     def _analyze(self, student: Path, teacher: Path, data: Path) -> dict:
-        from .analysis import agreement_statistics
-        from .io import read_lines
-        from .data.prepare import load_prepared
-        from .models import load_model
-        from .tokenizer import load_tokenizer
-        from .trainer import pick_device
+        from ..data.prepare import load_prepared
+        from ..data.tokenizer import load_tokenizer
+        from ..evaluation.agreement import agreement_statistics
+        from ..io import read_lines
+        from ..models import load_model
+        from ..training.trainer import pick_device
 
         prepared = load_prepared(data)
         src, tgt = prepared.splits["valid"]
@@ -566,7 +566,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _device(name: str) -> str:
     """--device checked as RunConfig checks its device, before any stage starts."""
-    from .config import DEVICE_PATTERN
+    from ..config import DEVICE_PATTERN
 
     if not re.fullmatch(DEVICE_PATTERN[0], name):
         raise argparse.ArgumentTypeError(f"{name!r}: use {DEVICE_PATTERN[1]}")

@@ -20,7 +20,7 @@ def run_and_exit(command: Callable[[], int | None]) -> NoReturn:
     """Run `command` (the command line's main) and end the process with its exit code; a torchrun rank
     skips the interpreter's own shutdown.
 
-    `tiekd.distributed.shutdown` destroys the process group, but references inside torch keep the group, and
+    `tiekd.training.distributed.shutdown` destroys the process group, but references inside torch keep the group, and
     its gloo worker threads, alive until the interpreter is torn down (measured on torch 2.13: importing
     torch._dynamo after the group exists, as DDP and FSDP do, adds about ten; an FSDP run leaves one more that
     gc.collect does not free). A rank of a finished, saved run then aborted once in CI, on a loaded 2-core

@@ -16,7 +16,7 @@ import argparse
 import typing
 from pathlib import Path
 
-from .errors import TiekdError
+from ..errors import TiekdError
 
 # torch is imported where it is used: the command line builds its parser from this module and
 # `tiekd --help` should not wait seconds for torch
@@ -30,8 +30,8 @@ def agreement_statistics(student, teacher, tokenizer, sources: list[str], target
     """Teacher-forced agreement statistics over a parallel corpus (see module docstring)."""
     import torch
 
-    from .batching import collate, encode_texts, make_batches, EncodedCorpus
-    from .objectives import shift_right
+    from ..data.batching import collate, encode_texts, make_batches, EncodedCorpus
+    from ..objectives import shift_right
 
     with torch.inference_mode():
         pad = tokenizer.pad_token_id
@@ -135,7 +135,7 @@ def plot_statistics(stats: dict, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from .writes import save_figure
+    from ..writes import save_figure
 
     save_figure(fig, path)
     plt.close(fig)
@@ -154,11 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .io import read_lines
-    from .data.prepare import load_prepared
-    from .models import load_model
-    from .tokenizer import load_tokenizer, vocab_fingerprint
-    from .trainer import pick_device, split_files
+    from ..data.prepare import load_prepared
+    from ..data.tokenizer import load_tokenizer, vocab_fingerprint
+    from ..io import read_lines
+    from ..models import load_model
+    from ..training.trainer import pick_device, split_files
 
     device = pick_device(args.device)
     prepared = load_prepared(args.data)
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     stats.update({"student": str(args.student), "teacher": str(args.teacher), "split": args.split})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_write_json
+    from ..io import atomic_write_json
 
     atomic_write_json(out / "analysis.json", stats)
     plot_statistics(stats, out / "analysis.png", title=f"{Path(args.student).name} vs {Path(args.teacher).name}")

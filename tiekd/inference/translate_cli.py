@@ -29,7 +29,7 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_input(name: str) -> list[str]:
     if name == "-":
         return [line.rstrip("\r\n") for line in sys.stdin]
-    from .io import read_lines  # errors name the file and line of any invalid UTF-8
+    from ..io import read_lines  # errors name the file and line of any invalid UTF-8
 
     return read_lines(Path(name))
 
@@ -45,9 +45,9 @@ def run_translate(args: argparse.Namespace) -> int:
         hyps = translator.translate(sentences, beam_size=beam, length_penalty=args.lenpen,
                                     max_length=args.max_length, batch_size=args.batch_size)
     else:
-        from .models import load_model
-        from .tokenizer import load_tokenizer
-        from .trainer import pick_device
+        from ..data.tokenizer import load_tokenizer
+        from ..models import load_model
+        from ..training.trainer import pick_device
         from .translate import DecodeOptions, translate_sentences
 
         device = pick_device(args.device)
@@ -60,7 +60,7 @@ def run_translate(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        from .io import atomic_write_text
+        from ..io import atomic_write_text
 
         atomic_write_text(Path(args.output), text)
     return 0

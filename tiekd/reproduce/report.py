@@ -3,7 +3,7 @@
 Rows are (method, student size); over seeds we report the mean and the sample standard deviation.
 Significance compares each row's translations of the main test set with those of every baseline (the
 rows an experiment marks `baseline:`, e.g. No-KD and Word-KD) of the same size and seed, with
-sacreBLEU's own paired tests (`tiekd.evaluate.paired_significance`: approximate randomization p,
+sacreBLEU's own paired tests (`tiekd.evaluation.evaluate.paired_significance`: approximate randomization p,
 sacreBLEU's default, in the table; paired bootstrap p beside it in results.csv) and our bootstrap
 interval of the difference; with several seeds the table gives the mean difference and every seed's
 difference and p-value, because one seed can reverse a mean (docs/RESULTS.md).
@@ -17,7 +17,7 @@ import re
 import statistics
 from pathlib import Path
 
-from .writes import atomic_write_json, atomic_write_text, save_figure
+from ..writes import atomic_write_json, atomic_write_text, save_figure
 
 
 def baseline_key(name: str) -> str:
@@ -41,7 +41,7 @@ def main_view(config) -> str:
 
 def view_hyps(folder: str | Path, config, view: str) -> list[str]:
     """A row's translations of `view` (a test set, or every test set in order for the pooled view)."""
-    from .io import read_lines
+    from ..io import read_lines
 
     tests = config.test_sets if view == POOLED else [view]
     return [line for test in tests for line in read_lines(Path(folder) / f"{test}.hyp")]
@@ -49,8 +49,8 @@ def view_hyps(folder: str | Path, config, view: str) -> list[str]:
 
 def view_refs(data: str | Path, config, view: str) -> list[str]:
     """The references of `view`, each test set cut to `test_max_sentences` as its translations are."""
-    from .data.prepare import load_prepared
-    from .io import read_lines
+    from ..data.prepare import load_prepared
+    from ..io import read_lines
 
     splits = load_prepared(data).splits
     tests = config.test_sets if view == POOLED else [view]
@@ -59,7 +59,7 @@ def view_refs(data: str | Path, config, view: str) -> list[str]:
 
 def add_pooled_scores(table: dict, config) -> None:
     """With several test sets, score the teacher and every row on all of them pooled (`scores["pooled"]`)."""
-    from .evaluate import score
+    from ..evaluation.evaluate import score
 
     if main_view(config) != POOLED:
         return
@@ -73,7 +73,7 @@ def add_pooled_scores(table: dict, config) -> None:
 def add_significance(table: dict, out: Path, config) -> None:
     """Attach `significance` to each student row: against each baseline row (marked `baseline: true` in
     the experiment) of the same size and seed, on the main view (`main_view`)."""
-    from .evaluate import paired_bootstrap, paired_significance
+    from ..evaluation.evaluate import paired_bootstrap, paired_significance
 
     main_test = main_view(config)
     refs = view_refs(table.get("data", Path(out) / "data"), config, main_test)
@@ -280,7 +280,7 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
 
 
 def _size_section(table: dict, out: Path, main_test: str, where: str) -> list[str]:
-    """The capacity-gap view (tiekd.size_view) when the table has students of several sizes."""
+    """The capacity-gap view (tiekd.reproduce.size_view) when the table has students of several sizes."""
     from . import size_view
 
     baselines = baseline_names(table["students"])
@@ -292,7 +292,7 @@ def _size_section(table: dict, out: Path, main_test: str, where: str) -> list[st
 
 
 def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
-    """Validation BLEU against core-hours (tiekd.compute_view), when the runs logged their compute; at
+    """Validation BLEU against core-hours (tiekd.reproduce.compute_view), when the runs logged their compute; at
     the measured cost of each update when the experiment folder holds update_costs.json."""
     from .compute_view import (UPDATE_COSTS_FILE, equal_compute_rows, load_update_costs, markdown_table,
                                plot_curves, run_curves)
@@ -323,10 +323,10 @@ def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
 
 
 def _findings_section(table: dict, out: Path, config) -> list[str]:
-    """The paper's findings checked on the main student size (tiekd.findings), with the paired tests
+    """The paper's findings checked on the main student size (tiekd.reproduce.findings), with the paired tests
     the table already ran where a finding compares a row with its baseline, new ones otherwise."""
+    from ..evaluation.evaluate import paired_significance
     from . import findings
-    from .evaluate import paired_significance
 
     students, main_test = table["students"], main_view(config)
     if not students:

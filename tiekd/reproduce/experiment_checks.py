@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config_fields import NO_VALUE, InvalidConfig, Problem, problems_message, unknown_key_problem, yaml_key_lines
-from .errors import TiekdError
+from ..config_fields import NO_VALUE, InvalidConfig, Problem, problems_message, unknown_key_problem, yaml_key_lines
+from ..errors import TiekdError
 
 # stand-ins for the folders the pipeline creates; the checks do not look inside them
 DATA, TEACHER_MODEL, RUN = "<out>/data", "<out>/teacher/model", "<out>/run"
@@ -45,7 +45,7 @@ class _Report:
 def check_experiment(config, source: str, check_data: bool = True) -> None:
     """Raise a TiekdError listing every problem of `config` (an ExperimentConfig read from `source`).
     `check_data=False` checks the settings only: the data may be a dataset name that would need the internet."""
-    from .config import RunConfig
+    from ..config import RunConfig
 
     valid = [f.name for f in dataclasses.fields(RunConfig)]
     report = _Report(source)
@@ -111,7 +111,7 @@ def _check_shapes(config, report: _Report) -> None:
 def _check_data(config, report: _Report) -> None:
     """The data exists and starts as it should, and names every test set in `test_sets`; an unset
     `test_sets` becomes every test set the data names (Multi30k: test_2016_flickr, as before)."""
-    from .data.source import POOLED, DataProblem, check, read_source
+    from ..data.source import POOLED, DataProblem, check, read_source
 
     try:
         source = read_source(config.data, config.multi30k, config.src_lang, config.tgt_lang)
@@ -155,8 +155,8 @@ def _run_problems(settings: dict) -> list[Problem]:
     """Every problem `RunConfig` finds in one run's settings (unknown keys are the caller's to report),
     plus a model that is neither a preset nor a folder and a run with no length, which the trainer
     would find only when the run starts."""
-    from .config import RunConfig
-    from .models import PRESETS
+    from ..config import RunConfig
+    from ..models import PRESETS
 
     problems = []
     model = settings.get("model", RunConfig.model)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import TiekdError
-from .data.encoding import _marian_encoder, encode_flat, encode_texts  # noqa: F401  (their home before)
-from .io import read_lines
+from ..errors import TiekdError
+from .encoding import _marian_encoder, encode_flat, encode_texts  # noqa: F401  (their home before)
+from ..io import read_lines
 
 
 @dataclass

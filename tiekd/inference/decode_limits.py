@@ -1,4 +1,4 @@
-"""Length limits shared by everything that decodes, kept apart from tiekd.translate so that reading
+"""Length limits shared by everything that decodes, kept apart from tiekd.inference.translate so that reading
 them (the command line's defaults) does not import torch."""
 
 # generated tokens at most, everywhere tiekd decodes (translate, validation, sequence-KD targets, export);

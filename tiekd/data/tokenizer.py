@@ -18,7 +18,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .errors import TiekdError
+from ..errors import TiekdError
 
 # MarianTokenizer suggests sacremoses for punctuation normalisation; we deliberately do without it so
 # that the tokenizer behaves the same wherever the model folder is loaded.
