@@ -35,7 +35,7 @@ def main() -> None:
     import sacrebleu
     import torch
 
-    from tiekd.data.distilled_data import DistillationOptions, build_distilled_data
+    from tiekd.inference.distilled_data import DistillationOptions, build_distilled_data
     from tiekd.io import read_lines
 
     sources, references = read_lines(args.source)[:args.sentences], read_lines(args.references)[:args.sentences]

@@ -1,4 +1,4 @@
-"""Time and peak extra memory of tiekd.losses vs naive full-tensor implementations.
+"""Time and peak extra memory of tiekd.kd.losses vs naive full-tensor implementations.
 
     python benchmarks/bench_losses.py --tokens 4096 --vocab 8000 --repeat 3 [--device cuda] [--json out.json]
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from fresh_process import measure_in_fresh_process
 
-from tiekd.losses import default_chunk_size, label_smoothed_ce, tie_kd_loss, word_kd_loss
+from tiekd.kd.losses import default_chunk_size, label_smoothed_ce, tie_kd_loss, word_kd_loss
 
 PAD = 0
 LOSSES = ("ce", "word_kd", "tie_kd")

@@ -37,7 +37,7 @@ def measure_child(args) -> dict:
     from real_batches import sample_real_batches
     from tiekd.config import RunConfig
     from tiekd.models import build_model, load_model
-    from tiekd.objectives import DistillationObjective
+    from tiekd.kd.objectives import DistillationObjective
 
     tokenizer, chosen = sample_real_batches(args.data, args.max_tokens, args.warmup + args.steps)
     torch.manual_seed(0)

@@ -85,7 +85,7 @@ def main() -> None:
     from real_batches import sample_real_batches
     from tiekd.config import RunConfig
     from tiekd.models import build_model, load_model, parameter_count
-    from tiekd.objectives import DistillationObjective
+    from tiekd.kd.objectives import DistillationObjective
     from tiekd.training.malloc_tuning import keep_freed_memory
     from tiekd.training.trainer import autocast_context, pick_device
 

@@ -15,8 +15,8 @@ def _run(folder: Path, points: list[tuple[int, float, float]]) -> None:
 
 
 def test_equal_compute_table_plot_and_late_gain(tmp_path):
-    from tiekd.reproduce.compute_view import late_gain
-    from tiekd.reproduce.report import _equal_compute_section
+    from tiekd.experiment.compute_view import late_gain
+    from tiekd.experiment.report import _equal_compute_section
 
     _run(tmp_path / "a1", [(100, 0.5, 10.0), (200, 1.0, 20.0)])
     _run(tmp_path / "a2", [(100, 0.5, 12.0), (200, 1.0, 22.0)])
@@ -49,8 +49,8 @@ def _settings(folder: Path, **settings) -> None:
 def test_measured_update_costs_replace_the_logged_cpu_time(tmp_path):
     """With update_costs.json the x axis is the sum of each update's measured cost: TIE-KD's updates
     before iterative_start_update cost one pass, seq-KD's a No-KD update; the logged time is ignored."""
-    from tiekd.reproduce.compute_view import load_update_costs, validation_curve
-    from tiekd.reproduce.report import _equal_compute_section
+    from tiekd.experiment.compute_view import load_update_costs, validation_curve
+    from tiekd.experiment.report import _equal_compute_section
 
     # the logged hours (1 per point) would make every row equal: the measured costs must decide
     _run(tmp_path / "none", [(100, 1.0, 10.0), (200, 1.0, 20.0)])
@@ -78,7 +78,7 @@ def test_measured_update_costs_replace_the_logged_cpu_time(tmp_path):
 
 def test_one_pass_with_a_late_start_counts_every_update():
     """N = 1 with iterative_start_update > 0: both spans are one-pass updates, none is dropped."""
-    from tiekd.reproduce.compute_view import UpdateCosts, updates_cost
+    from tiekd.experiment.compute_view import UpdateCosts, updates_cost
 
     costs = UpdateCosts({"tie-kd:1": 4.5}, "tiny", 4096)
     settings = {"method": "tie-kd", "iterative_passes": 1, "iterative_start_update": 150}
@@ -88,7 +88,7 @@ def test_one_pass_with_a_late_start_counts_every_update():
 def test_rows_the_costs_cannot_price_are_left_out_and_named(tmp_path):
     """Another student size, batch or accumulation, or an unmeasured method: the row is left out of the
     equal-compute view with the reason; the report itself is still written."""
-    from tiekd.reproduce.report import _equal_compute_section
+    from tiekd.experiment.report import _equal_compute_section
 
     _run(tmp_path / "none", [(100, 1.0, 10.0), (200, 1.0, 20.0)])
     _settings(tmp_path / "none", method="none")
@@ -113,7 +113,7 @@ def test_a_broken_cost_file_is_named_with_the_fix(tmp_path):
     import pytest
 
     from tiekd.errors import TiekdError
-    from tiekd.reproduce.compute_view import load_update_costs
+    from tiekd.experiment.compute_view import load_update_costs
 
     (tmp_path / "update_costs.json").write_text('{"results": [{"method": "none"}]}')
     with pytest.raises(TiekdError, match="update_costs.json: not a bench_train_step result.*Fix"):
@@ -123,7 +123,7 @@ def test_a_broken_cost_file_is_named_with_the_fix(tmp_path):
 
 def test_a_rows_own_cost_as_a_budget_includes_its_last_validation():
     """4.121 core-hours is shown as the budget 4.13, not 4.12, so the row's end is within it."""
-    from tiekd.reproduce.compute_view import equal_compute_rows
+    from tiekd.experiment.compute_view import equal_compute_rows
 
     row = {"name": "tie", "size": "tiny", "seed": 1}
     lines = equal_compute_rows([(row, [(2.0, 30.0), (4.121, 40.0)])])
@@ -133,7 +133,7 @@ def test_a_rows_own_cost_as_a_budget_includes_its_last_validation():
 
 def test_plot_styles_stay_distinct_past_ten_rows():
     """tab10 has ten colours; the converged table has 11 methods, and row 11 drew in row 1's blue."""
-    from tiekd.reproduce.compute_view import line_style
+    from tiekd.experiment.compute_view import line_style
 
     styles = [line_style(i) for i in range(40)]
     assert len(set(styles)) == 40

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from tiekd import losses
+from tiekd.kd import losses
 
 
 def batch_of(prepared, n=6):
@@ -25,7 +25,7 @@ def batch_of(prepared, n=6):
 
 def objective_for(prepared, teacher_dir, tmp_path, **overrides):
     from tiekd.models import build_model, load_model
-    from tiekd.objectives import DistillationObjective
+    from tiekd.kd.objectives import DistillationObjective
 
     batch, tokenizer = batch_of(prepared)
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def test_single_pass_tie_kd_equals_the_formula(prepared, teacher_dir, tmp_path):
     objective.student.eval()
     total, parts = objective(batch.input_ids, batch.attention_mask, batch.labels)
 
-    from tiekd.objectives import shift_right
+    from tiekd.kd.objectives import shift_right
 
     pad = objective.pad_id
     decoder_input = shift_right(batch.labels, objective.start_id)
@@ -76,7 +76,7 @@ def test_iterative_passes_feed_the_previous_student_argmax(prepared, teacher_dir
     total, _ = objective(batch.input_ids, batch.attention_mask, batch.labels)
     roles = [role for role, _, _ in seen]
     assert roles == ["student", "teacher", "student", "teacher", "student", "teacher"]
-    from tiekd.objectives import shift_right
+    from tiekd.kd.objectives import shift_right
 
     gold_input = shift_right(batch.labels, objective.start_id)
     assert torch.equal(seen[0][1], gold_input) and torch.equal(seen[1][1], gold_input)
@@ -115,7 +115,7 @@ def test_short_distillation_lowers_the_kd_loss(prepared, teacher_dir, tmp_path, 
 
 
 def reference_kd(method, student_logits, teacher_logits, labels, pad, config):
-    """Each method's KD sum, straight from tiekd.losses (docs/method.md §3-5, §8)."""
+    """Each method's KD sum, straight from tiekd.kd.losses (docs/method.md §3-5, §8)."""
     if method == "tie-kd":  # one pass: passes 2..N are tested above
         return losses.tie_kd_loss(student_logits, teacher_logits, labels, pad, topk=config.topk)
     if method == "word-kd":
@@ -152,7 +152,7 @@ def test_every_method_trains_with_its_own_loss(prepared, teacher_dir, tmp_path, 
     """The first update's logged ce, kd and loss are those of the method's loss on that batch, and no
     other method's KD loss gives the same value (kd_alpha and topk off their defaults, so their
     wiring counts too)."""
-    from tiekd.objectives import shift_right
+    from tiekd.kd.objectives import shift_right
     from tiekd.training.trainer import Trainer
 
     out = tmp_path / "run"
@@ -202,7 +202,7 @@ def test_seq_kd_method_end_to_end(prepared, teacher_dir, tmp_path):
     from tiekd.data.prepare import load_prepared
     from tiekd.io import read_lines
     from tiekd.models import load_model
-    from tiekd.objectives import shift_right
+    from tiekd.kd.objectives import shift_right
     from tiekd.training.trainer import Trainer
 
     out = tmp_path / "run"

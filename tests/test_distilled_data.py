@@ -9,7 +9,7 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from conftest import head
-from tiekd.data.distilled_data import DistillationOptions, build_distilled_data, choose_hypothesis
+from tiekd.inference.distilled_data import DistillationOptions, build_distilled_data, choose_hypothesis
 from tiekd.errors import TiekdError
 from tiekd.io import read_lines
 
@@ -117,7 +117,7 @@ def test_ranks_share_the_shards_and_rank_0_merges_them(one_best_and_chrf, teache
 
     out, _, _ = one_best_and_chrf
     meeting = threading.Barrier(2, timeout=300)
-    # tiekd.data.distilled_data imports these when it runs them, so patching the module that holds them is enough
+    # tiekd.inference.distilled_data imports these when it runs them, so patching the module that holds them is enough
     monkeypatch.setattr(tiekd.training.distributed, "wait_for_all", lambda dist: dist.enabled and meeting.wait())
     monkeypatch.setattr(tiekd.training.distributed, "open_long_waits", lambda dist: None)
     exports = []

@@ -7,9 +7,9 @@ import torch
 
 from conftest import small_config
 from test_distill import objective_for
-from tiekd import losses
+from tiekd.kd import losses
 from tiekd.errors import TiekdError
-from tiekd.objectives import shift_right
+from tiekd.kd.objectives import shift_right
 
 METHOD_LOSSES = {
     "reverse-kl": lambda s, t, y, pad: losses.reverse_kl_loss(s, t, y, pad),

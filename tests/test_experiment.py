@@ -34,7 +34,7 @@ def write_config(path, values):
 
 def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, multi30k, capsys, monkeypatch):
     from tiekd.cli import main
-    from tiekd.reproduce.experiment import Pipeline
+    from tiekd.experiment.pipeline import Pipeline
     from tiekd.training import trainer
 
     config = write_config(tmp_path / "exp.yaml", {**TINY, "multi30k": str(multi30k)})
@@ -60,7 +60,7 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     assert all(verdict != "not run" for claim, verdict in findings.items() if claim.startswith("TIE-KD"))
 
     # a stage recorded before hashes became path-independent (hash of the raw settings) is still accepted
-    from tiekd.reproduce.experiment import settings_hash
+    from tiekd.experiment.pipeline import settings_hash
 
     marker = out / "students" / "word-kd-micro-seed1" / "stage.json"
     record = json.loads(marker.read_text())
@@ -178,7 +178,7 @@ def test_a_count_of_significance_samples_below_1_is_refused_before_any_stage(tmp
 
 def test_every_shipped_preset_parses():
     from tiekd.config import KD_METHODS, RunConfig
-    from tiekd.reproduce.experiment import PRESET_DIR, load_experiment_config
+    from tiekd.experiment.pipeline import PRESET_DIR, load_experiment_config
 
     names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     assert {"quick", "cpu", "gpu", "capacity", "wmt14-en-de", "wmt14-en-fr", "wmt16-en-ro"} <= set(names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tiekd.errors import TiekdError
-from tiekd.reproduce.experiment import ExperimentConfig, Pipeline, claim
+from tiekd.experiment.pipeline import ExperimentConfig, Pipeline, claim
 
 
 def test_teacher_free_rows_are_trained_while_the_teacher_is_busy(tmp_path, monkeypatch):

@@ -1,11 +1,11 @@
-"""tiekd.reproduce.findings: the paper's claims read from an experiment's rows (roles, verdicts, shares of
+"""tiekd.experiment.findings: the paper's claims read from an experiment's rows (roles, verdicts, shares of
 KD's gain)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tiekd.reproduce.findings import Comparison, check, markdown, row_role
+from tiekd.experiment.findings import Comparison, check, markdown, row_role
 
 MAIN = "test_2016_flickr"
 

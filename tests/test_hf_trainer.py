@@ -106,7 +106,7 @@ def test_compute_loss_is_the_loss_tiekd_distill_optimises(tmp_path, teacher_dir,
     from its RunConfig (tiekd/training/trainer.py divides its sum by the update's target tokens)."""
     from tiekd.config import RunConfig
     from tiekd.data.batching import collate
-    from tiekd.objectives import DistillationObjective
+    from tiekd.kd.objectives import DistillationObjective
 
     student, teacher = _student(tokenizer), _teacher(teacher_dir)
     trainer = _trainer(student, teacher, _config(tmp_path, method=method, **settings), pairs, tokenizer)
@@ -128,7 +128,7 @@ def test_compute_loss_is_the_loss_tiekd_distill_optimises(tmp_path, teacher_dir,
 
 
 def _trainable_methods():
-    from tiekd.methods import METHODS
+    from tiekd.kd.methods import METHODS
 
     return [name for name, method in METHODS.items() if not method.teacher_targets]
 
@@ -155,7 +155,7 @@ def test_an_accumulated_step_is_one_batch_over_all_its_target_tokens(tmp_path, t
     from torch.utils.data import Subset
 
     from tiekd.data.batching import collate
-    from tiekd.objectives import DistillationObjective
+    from tiekd.kd.objectives import DistillationObjective
 
     teacher = _teacher(teacher_dir)
     subset = Subset(pairs, list(range(16)))

@@ -41,7 +41,7 @@ def test_the_library_objective_is_the_trainers_objective(models, prepared, metho
     per target token, with labels padded by the pad id or by Hugging Face's -100."""
     import tiekd
     from tiekd.config import RunConfig
-    from tiekd.objectives import DistillationObjective
+    from tiekd.kd.objectives import DistillationObjective
 
     student, teacher, tokenizer = models
     batch = _batch(prepared, tokenizer)

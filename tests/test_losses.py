@@ -1,11 +1,11 @@
-"""tiekd.losses against naive full-tensor references written straight from docs/method.md §2-9."""
+"""tiekd.kd.losses against naive full-tensor references written straight from docs/method.md §2-9."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tiekd.losses import (
+from tiekd.kd.losses import (
     jsd_loss,
     kd_without_correlation_loss,
     kd_without_top1_loss,

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import small_config
 from tiekd.errors import TiekdError
-from tiekd.methods import METHODS, Method, get_method, register
+from tiekd.kd.methods import METHODS, Method, get_method, register
 
 
 def test_the_readme_documents_every_registered_method():

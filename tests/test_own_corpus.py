@@ -156,7 +156,7 @@ def test_a_multi30k_shaped_folder_gives_every_test_pair_and_warns_about_what_it_
 def test_multi30k_keeps_its_prepare_fingerprint_and_default_test_set(tmp_path, multi30k):
     """Experiment folders made before `data:` existed keep resuming: the prepare stage hashes the same
     inputs, whichever way Multi30k is named."""
-    from tiekd.reproduce.experiment import ExperimentConfig, Pipeline
+    from tiekd.experiment.pipeline import ExperimentConfig, Pipeline
 
     def inputs(values):
         config = ExperimentConfig.from_dict(values, source="test")
@@ -173,7 +173,7 @@ def test_multi30k_keeps_its_prepare_fingerprint_and_default_test_set(tmp_path, m
 def test_a_prepared_folder_is_used_as_it_is(tmp_path, prepared, multi30k):
     from tiekd.data.prepare import prepare_data
     from tiekd.errors import TiekdError
-    from tiekd.reproduce.experiment import ExperimentConfig, Pipeline
+    from tiekd.experiment.pipeline import ExperimentConfig, Pipeline
 
     rows = {"students": [{"name": "No-KD", "method": "none"}], "teacher": {"max_updates": 10},
             "student": {"max_updates": 10}}
@@ -213,7 +213,7 @@ def test_a_hugging_face_dataset_is_named_checked_and_prepared(tmp_path, hf_corpu
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a name that is not a local folder must not reach the hub
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from tiekd.reproduce.experiment import ExperimentConfig, Pipeline
+    from tiekd.experiment.pipeline import ExperimentConfig, Pipeline
 
     rows = {"students": [{"name": "No-KD", "method": "none"}], "teacher": {"max_updates": 10},
             "student": {"max_updates": 10}, "vocab_size": 300}

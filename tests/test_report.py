@@ -16,7 +16,7 @@ def row(name, method, seed, bleu, size="micro", agreement=0.5, folder=""):
 
 
 def test_aggregate_reports_mean_and_sample_std_over_seeds():
-    from tiekd.reproduce.report import aggregate
+    from tiekd.experiment.report import aggregate
 
     rows = [row("TIE-KD", "tie-kd", 3, 30.0, agreement=0.7), row("No-KD", "none", 1, 20.0, agreement=0.2),
             row("TIE-KD", "tie-kd", 1, 33.0, agreement=0.6), row("TIE-KD", "tie-kd", 1, 10.0, size="small"),
@@ -62,7 +62,7 @@ def test_significance_uses_the_marked_baselines_of_the_same_size_and_seed(prepar
 
     from tiekd.data.prepare import load_prepared
     from tiekd.io import read_lines
-    from tiekd.reproduce.report import add_significance
+    from tiekd.experiment.report import add_significance
 
     out = tmp_path / "exp"
     out.mkdir()
@@ -110,7 +110,7 @@ def test_significance_uses_the_marked_baselines_of_the_same_size_and_seed(prepar
 
 
 def test_baseline_columns_come_from_the_marked_rows():
-    from tiekd.reproduce.report import baseline_key, baseline_names
+    from tiekd.experiment.report import baseline_key, baseline_names
 
     rows = [{"name": "TIE-KD"}, {"name": "Word-KD", "baseline": "Word-KD"}, {"name": "No-KD", "baseline": "No-KD"},
             {"name": "Capacity: No-KD", "baseline": "No-KD"}, {"name": "JSD", "baseline": None}]
@@ -120,7 +120,7 @@ def test_baseline_columns_come_from_the_marked_rows():
 
 
 def test_p_values_below_three_decimals_read_as_below_a_bound():
-    from tiekd.reproduce.report import _p
+    from tiekd.experiment.report import _p
 
     sig = {"vs_no_kd": {"diff": 1.5, "per_seed": [{"diff": 1.58, "p_value": 0.0002}, {"diff": 1.42, "p_value": 0.012}]}}
     assert _p(sig, "vs_no_kd") == "+1.50 mean (seeds: +1.58 p<0.001; +1.42 p=0.012)"

@@ -39,3 +39,16 @@ def test_no_tracked_file_names_a_folder_of_our_machines():
         if machine_root in text:
             named.append(path)
     assert named == [], f"tracked files naming {machine_root}...: {named[:10]} (write <runs>/, ../shared/ or take an argument)"
+
+
+def test_no_class_is_over_250_lines():
+    """Small parts: a class that grows past 250 lines is split by concern (the experiment's Pipeline keeps the
+    book-keeping, tiekd/experiment/stages.py the work of each stage)."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "tiekd").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 250:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

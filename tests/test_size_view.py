@@ -1,4 +1,4 @@
-"""The capacity-gap view (tiekd/reproduce/size_view.py): Student's t in closed form, and the table by student size."""
+"""The capacity-gap view (tiekd/experiment/size_view.py): Student's t in closed form, and the table by student size."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 @pytest.mark.parametrize("t, dof", [(12.706, 1), (4.303, 2), (3.182, 3), (2.776, 4), (2.571, 5), (2.447, 6),
                                     (2.365, 7), (2.228, 10), (2.086, 20)])
 def test_the_t_distribution_gives_the_tabled_two_sided_5_percent_points(t, dof):
-    from tiekd.reproduce.size_view import t_test_p
+    from tiekd.experiment.size_view import t_test_p
 
     assert t_test_p(t, dof) == pytest.approx(0.05, abs=2e-4)
     assert t_test_p(-t, dof) == t_test_p(t, dof) and t_test_p(0.0, dof) == pytest.approx(1.0)
 
 
 def test_the_closed_forms_for_1_and_2_degrees_of_freedom():
-    from tiekd.reproduce.size_view import t_test_p
+    from tiekd.experiment.size_view import t_test_p
 
     for t in (0.3, 1.0, 4.0):
         assert t_test_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t))  # the Cauchy
@@ -27,7 +27,7 @@ def test_the_closed_forms_for_1_and_2_degrees_of_freedom():
 
 
 def test_paired_over_seeds_is_the_naive_t_statistic():
-    from tiekd.reproduce.size_view import paired_over_seeds
+    from tiekd.experiment.size_view import paired_over_seeds
 
     d = [0.5, 1.1, 0.2]
     result = paired_over_seeds(d)
@@ -64,7 +64,7 @@ def _row(tmp_path, tokenizer, name, size, seed, bleu, diffs, curve):
 
 def test_the_table_by_size_orders_sizes_by_parameters_and_tests_over_seeds(tmp_path, prepared):
     from tiekd.data.tokenizer import load_tokenizer
-    from tiekd.reproduce import size_view
+    from tiekd.experiment import size_view
 
     tokenizer = load_tokenizer(prepared / "tokenizer")
     _model(tmp_path / "teacher", "tiny", tokenizer)

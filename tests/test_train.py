@@ -467,7 +467,7 @@ def test_importing_tiekd_leaves_transformers_logging_alone():
     import sys
 
     code = ("from transformers.utils import logging as l; before = l.get_verbosity(); "
-            "import tiekd, tiekd.training.trainer, tiekd.reproduce.experiment; assert l.get_verbosity() == before; "
+            "import tiekd, tiekd.training.trainer, tiekd.experiment.pipeline; assert l.get_verbosity() == before; "
             "assert l.is_progress_bar_enabled()")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "DistillationObjective": "objectives",
-    "KD_SETTINGS": "objectives",
-    "check_same_vocabulary": "objectives",
-    "METHODS": "methods",
+    "DistillationObjective": "kd.objectives",
+    "KD_SETTINGS": "kd.objectives",
+    "check_same_vocabulary": "kd.objectives",
+    "METHODS": "kd.methods",
     "TiekdError": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -99,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import run_training
 
     config = _run_config_from_args(args)
-    from .methods import METHODS
+    from .kd.methods import METHODS
 
     if args.command == "distill" and not METHODS[config.method].needs_teacher and not args.allow_no_kd:
         with_teacher = ", ".join(name for name, method in METHODS.items() if method.needs_teacher)
@@ -191,13 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # imported directly: a module that fails to import is a broken install, reported as such, never a
     # command that silently goes missing from the list
-    from .data import distilled_data
     from .evaluation import agreement
-    from .reproduce import experiment
+    from .experiment import pipeline
+    from .inference import distilled_data
 
     for name, module, help_text in (
             ("analyze", agreement, None),
-            ("experiment", experiment, None),
+            ("experiment", pipeline, None),
             ("distill-data", distilled_data, "the teacher translates training or monolingual sources into "
                                              "targets for sequence-level KD (CTranslate2, n-best, chrF selection)")):
         p = sub.add_parser(name, help=help_text or module.__doc__.splitlines()[0])

@@ -23,9 +23,9 @@ from .config_fields import InvalidConfig, Problem, field_problem, setting, unkno
 from .errors import TiekdError
 from .training.schedule import SCHEDULES
 
-from .methods import DIVERGENCES, METHODS, get_method
+from .kd.methods import DIVERGENCES, METHODS, get_method
 
-# every registered method (tiekd/methods.py): a live view, so a method registered later is a valid choice
+# every registered method (tiekd/kd/methods.py): a live view, so a method registered later is a valid choice
 KD_METHODS = METHODS.keys()
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 

@@ -8,7 +8,7 @@
                                   data_collator=DataCollatorForSeq2Seq(tokenizer, model=student))
     trainer.train()
 
-The loss is tiekd's own `DistillationObjective` (tiekd/objectives.py), the object `tiekd distill` trains with:
+The loss is tiekd's own `DistillationObjective` (tiekd/kd/objectives.py), the object `tiekd distill` trains with:
 (1 - kd_alpha) * label-smoothed CE + kd_alpha * the method's KD term, summed over the batch's target tokens
 and divided by the target tokens of the whole accumulated step (HF's `num_items_in_batch`, counted over every
 rank when `average_tokens_across_devices`), so gradient accumulation and data parallelism give the gradient of
@@ -38,8 +38,8 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from .config import RunConfig
 from .errors import TiekdError
-from .methods import METHODS
-from .objectives import (
+from .kd.methods import METHODS
+from .kd.objectives import (
     IGNORE_INDEX,
     KD_SETTINGS,
     DistillationObjective,

@@ -19,7 +19,7 @@ t-test (which also carries the training runs' seed noise, the question "is the m
 
 Last, the equal-compute view of the finished seeds (issue 10 item 4): each method and schedule priced in
 CPU core-hours with the per-update costs measured side by side (``update_costs_2026-12-04.json`` of the
-table, via ``tiekd.reproduce.compute_view``), printed and drawn as test BLEU against core-hours
+table, via ``tiekd.experiment.compute_view``), printed and drawn as test BLEU against core-hours
 (``test_bleu_by_core_hours.png``, every seed a dot, the teacher a line).
 
     python results/schedule_check/compare.py [--table <runs>/converged/students] [--check <runs>/schedule_check]
@@ -31,7 +31,7 @@ import math
 import statistics
 from pathlib import Path
 
-from tiekd.reproduce.compute_view import quarter_mark, validation_records
+from tiekd.experiment.compute_view import quarter_mark, validation_records
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROWS = ["no-kd-tiny-seed1", "word-kd-tiny-seed1"]
@@ -52,7 +52,7 @@ def mean_up_to(records: list[dict], end_step: int, key: str, count: int = 3) -> 
 
 
 def late_view(records: list[dict]) -> dict | None:
-    """The issue's test (what the last 25% of updates add, from ``tiekd.reproduce.compute_view.quarter_mark`` to the
+    """The issue's test (what the last 25% of updates add, from ``tiekd.experiment.compute_view.quarter_mark`` to the
     end, as in ``late_gain``), also on 3-validation means, with validation nll at the same two points and
     the best and final BLEU. None without two such validations."""
     at_75 = quarter_mark(records)
@@ -249,14 +249,14 @@ def compute_view(bleu: dict[tuple[str, int, str], float], table: Path, check: Pa
     """Test BLEU against training core-hours for each method and schedule.
 
     core-hours(run) = sum over its updates of the measured CPU seconds per update of its objective
-    (tiekd.reproduce.compute_view.updates_cost) / 3600: one machine's side-by-side costs, so the runs compare
+    (tiekd.experiment.compute_view.updates_cost) / 3600: one machine's side-by-side costs, so the runs compare
     although they were trained on several machines. Validation, checkpoint averaging and the teacher's
     own training are not counted. A method's means are over its paired seeds (those finished at 5,400,
     at both schedules; every table seed while none has finished), so a mean moves only by the schedule.
     """
     from tiekd.evaluation.evaluate import score
     from tiekd.io import read_lines
-    from tiekd.reproduce.compute_view import load_update_costs, run_settings, updates_cost
+    from tiekd.experiment.compute_view import load_update_costs, run_settings, updates_cost
 
     costs = load_update_costs(costs_path)
     if costs is None:

@@ -31,7 +31,7 @@ def agreement_statistics(student, teacher, tokenizer, sources: list[str], target
     import torch
 
     from ..data.batching import collate, encode_texts, make_batches, EncodedCorpus
-    from ..objectives import shift_right
+    from ..kd.objectives import shift_right
 
     with torch.inference_mode():
         pad = tokenizer.pad_token_id

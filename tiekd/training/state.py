@@ -78,7 +78,7 @@ class TrainingState:
         return best
 
     def compute_spent(self) -> dict:
-        """What the run has consumed so far, as validation records report it (tiekd/reproduce/compute_view.py)."""
+        """What the run has consumed so far, as validation records report it (tiekd/experiment/compute_view.py)."""
         return {"target_tokens_seen": self.target_tokens_seen, "train_seconds": self.train_seconds,
                 "train_core_seconds": self.train_core_seconds}
 

@@ -2,7 +2,7 @@
 
 The training targets are the prepared data's own, or with sequence-level KD (Kim & Rush 2016:
 `--method seq-kd`, or `--seq-kd-targets` under another method) the teacher's beam translations of the
-training sources, decoded once into the run folder by tiekd/data/distilled_data.py and reused on resume:
+training sources, decoded once into the run folder by tiekd/inference/distilled_data.py and reused on resume:
 with CTranslate2 (the default; n-best lists and chrF selection) or with `generate` on the loaded teacher.
 """
 
@@ -24,7 +24,7 @@ def split_files(prepared, name: str) -> tuple[Path, Path]:
 
 
 def uses_teacher_targets(config: RunConfig) -> bool:
-    from ..methods import get_method
+    from ..kd.methods import get_method
 
     return config.seq_kd_targets or get_method(config.method).teacher_targets
 
@@ -46,7 +46,7 @@ def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: D
     if hyp.is_file():  # a resumed run keeps its targets
         return source, hyp
     work = hyp.parent
-    from ..data.distilled_data import DistillationOptions, build_distilled_data
+    from ..inference.distilled_data import DistillationOptions, build_distilled_data
 
     options = DistillationOptions(engine=config.seq_kd_engine, beam=config.seq_kd_beam, nbest=config.seq_kd_nbest,
                                   select=config.seq_kd_select)

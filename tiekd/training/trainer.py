@@ -26,9 +26,9 @@ from ..data.binarized import load_corpus
 from ..data.tokenizer import load_tokenizer
 from ..errors import TiekdError
 from ..io import atomic_write_json
-from ..methods import get_method
+from ..kd.methods import get_method
 from ..models import parameter_count, zero_pad_row_grad
-from ..objectives import DistillationObjective
+from ..kd.objectives import DistillationObjective
 from . import checkpoint
 from .build import (build_student, check_model_arguments, load_teacher, make_optimizer,
                     make_run_scheduler, parallelise, seed_everything)
@@ -177,12 +177,7 @@ class Trainer:
         """Drop a non-finite update's gradients; stop the run, or (--on-nonfinite skip) count it and go on."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.on_nonfinite == "error":
-            good = checkpoint.latest_good_checkpoint(self.checkpoint_dir)
-            raise TiekdError(
-                f"non-finite loss or gradient at update {self.state.step + 1} "
-                f"(epoch {self.state.epoch + 1}); the run stopped without saving. Last good "
-                f"checkpoint: {good or 'none yet'}. Fix: lower --lr, raise --warmup-updates, "
-                "use --precision fp32, or pass --on-nonfinite skip")
+            raise _nonfinite_error(self.state, self.checkpoint_dir)
         self.state.skipped_nonfinite += 1
         if self.state.update_in_epoch >= per_epoch:  # the skipped update ended the epoch
             self.state.finish_epoch()
@@ -298,6 +293,13 @@ class Trainer:
             print(f"\nvalid @ {record['step']}: loss {record['loss']:.3f} ppl {record['ppl']:.2f}{shown}"
                   + (" (best)" if best else ""), flush=True)
         self.save(best=best)
+
+
+def _nonfinite_error(state, checkpoint_dir: Path) -> TiekdError:
+    good = checkpoint.latest_good_checkpoint(checkpoint_dir)
+    return TiekdError(f"non-finite loss or gradient at update {state.step + 1} (epoch {state.epoch + 1}); the run "
+                      f"stopped without saving. Last good checkpoint: {good or 'none yet'}. Fix: lower --lr, raise "
+                      "--warmup-updates, use --precision fp32, or pass --on-nonfinite skip")
 
 
 def run_training(config: RunConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:

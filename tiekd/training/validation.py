@@ -21,8 +21,8 @@ from ..data.binarized import load_corpus
 from ..inference.decode_limits import MAX_DECODE_LENGTH
 from ..inference.translate import DecodeOptions, translate_sentences
 from ..io import read_lines
-from ..losses import label_smoothed_ce
-from ..objectives import shift_right
+from ..kd.losses import label_smoothed_ce
+from ..kd.objectives import shift_right
 from .devices import autocast_context
 from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .state import TrainingState

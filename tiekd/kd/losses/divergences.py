@@ -2,7 +2,7 @@
 
 Notation as in docs/method.md §1: at one position, p = softmax(student logits z), q = softmax(teacher
 logits), over the vocabulary V. Each loss is summed over non-pad positions (and `mask`), chunked as in
-`tiekd.losses._chunked`, with exact log-softmax on both sides and mixtures formed in log space
+`tiekd.kd.losses._chunked`, with exact log-softmax on both sides and mixtures formed in log space
 (logaddexp), so no probability is floored.
 
 - Reverse KL (mode-seeking; e.g. MiniLLM, Gu et al. ICLR 2024):   KL(p || q) = sum_v p_v (log p_v - log q_v)

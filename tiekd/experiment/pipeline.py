@@ -34,7 +34,8 @@ import yaml
 from ..errors import TiekdError
 from ..inference.decode_limits import MAX_DECODE_LENGTH
 from ..io import atomic_write_json
-from ..methods import METHODS
+from ..kd.methods import METHODS
+from . import stages
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"  # tiekd/presets (package data)
 
@@ -108,7 +109,7 @@ class ExperimentConfig:
             except TypeError as exc:
                 raise TiekdError(f"{source}: students[{i}]: {exc}. Fix: use keys name, method, options, sizes, seeds, baseline") from exc
         config = cls(students=students, **values)
-        from .experiment_checks import check_experiment
+        from .checks import check_experiment
 
         check_experiment(config, source, check_data)  # every run's settings, before any stage starts
         return config
@@ -146,7 +147,7 @@ class ExperimentConfig:
 
 def _needs_teacher(method: str) -> bool:
     """Whether rows of `method` get the teacher; an unknown method (a typo the checks report with the
-    others, tiekd/reproduce/experiment_checks.py) is given one, so that it fails there and not here."""
+    others, tiekd/experiment/checks.py) is given one, so that it fails there and not here."""
     return method not in METHODS or METHODS[method].needs_teacher
 
 
@@ -299,143 +300,20 @@ class Pipeline:
             vocab_fingerprint(load_tokenizer(source.path / "tokenizer"))
 
     def prepare_inputs(self) -> list:
-        """What the prepare stage's hash covers. For Multi30k exactly what it covered before other data
-        could be named, so that experiment folders made then keep resuming."""
-        config = self.config
-        if config.data is None or list(config.data) == ["multi30k"]:
-            named = config.multi30k if config.data is None else config.data["multi30k"]
-            inputs = [named, config.src_lang, config.tgt_lang, config.vocab_size, config.train_pairs, config.test_sets]
-        else:
-            inputs = [{"data": config.data}, config.src_lang, config.tgt_lang, config.vocab_size, config.train_pairs,
-                      config.test_sets]
-        if config.teacher_model:  # the data is encoded with that teacher's own tokenizer
-            inputs.append({"tokenizer": str(config.teacher_model)})
-        return inputs
+        return stages.prepare_inputs(self.config)
 
     def prepare(self, source) -> Path:
-        from ..data.prepare import prepare_data
-        from ..data.source import head_slice
+        return stages.prepare(self.out, self.config, source)
 
-        config = self.config
-        data = self.out / "data"
-        tokenizer = config.teacher_model or (source.path / "tokenizer" if source.kind == "prepared" else None)
-        common = dict(src_lang=config.src_lang, tgt_lang=config.tgt_lang, vocab_size=config.vocab_size,
-                      verbose=False, tokenizer=tokenizer)
-        if source.kind == "multi30k" and not config.train_pairs:
-            prepare_data(data, multi30k_dir=source.path, **common)
-            return data
-        if source.kind == "hf_dataset":  # its rows as text files beside the prepared data, then as files
-            from ..data.source import export_hf_splits
-
-            source.splits.update(export_hf_splits(source, self.out / "hf_text", config.src_lang, config.tgt_lang,
-                                                  ["train", "valid", *config.test_sets]))
-        train = source.splits["train"]
-        if config.train_pairs:
-            # a deterministic head slice, written beside the prepared data so prepare can fingerprint it
-            train = head_slice(train, config.train_pairs, self.out / "slice", "train")
-        tests = {name: source.splits[name] for name in config.test_sets}
-        prepare_data(data, valid=source.splits["valid"], tests=tests,
-                     **({"tsv_train": train} if isinstance(train, Path) else {"train": train}), **common)
-        return data
-
+    # the stages' work (tiekd/experiment/stages.py); methods, so that tests can stand in for them
     def _train(self, folder: Path, settings: dict) -> dict:
-        """Train (or resume) one run and average its last checkpoints into folder/model."""
-        from ..config import RunConfig
-        from ..training.average import average_checkpoints, find_last_checkpoints
-        from ..training.trainer import run_training
-
-        run = folder / "run"
-        config = RunConfig.from_dict({**settings, "out": str(run), "device": self.device}, source=str(folder))
-        resume = (run / "config.yaml").is_file()
-        if self.nproc_per_node > 1:
-            summary = self._train_under_torchrun(folder, config, resume)
-        else:
-            summary = run_training(config, resume=resume, overwrite=not resume)
-        if summary["interrupted"]:  # never record a half-trained model as a finished stage
-            raise TiekdError(f"{run}: training was stopped by a signal at update {summary['step']}. Fix: rerun the "
-                             "same command to resume it")
-        average_checkpoints(find_last_checkpoints(run, self.config.average_last), folder / "model", overwrite=True)
-        return summary
-
-    def _train_under_torchrun(self, folder: Path, config, resume: bool) -> dict:
-        """One training stage as `torchrun --nproc_per_node N -m tiekd distill --config <stage file>`: N
-        data-parallel processes (one per GPU, or gloo on CPUs) with the global batch of update_freq x N
-        batches, while this process keeps the single-process stages (prepare, averaging, decoding, scoring).
-        A stop signal to this process is passed on: the ranks save a checkpoint and the stage resumes later."""
-        import signal
-        import subprocess
-        import sys
-
-        from ..io import atomic_write_text
-
-        stage_file = folder / "stage-run.yaml"
-        atomic_write_text(stage_file, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={self.nproc_per_node}", "-m", "tiekd", "distill", "--allow-no-kd",
-                   "--config", str(stage_file), "--resume" if resume else "--overwrite"]
-        self.log(f"{folder.name}: training on {self.nproc_per_node} processes (torchrun)")
-        child = subprocess.Popen(command)
-        forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            status = child.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        summary_file = Path(config.out) / "summary.json"
-        if status != 0 or not summary_file.is_file():
-            raise TiekdError(f"{folder}: training under torchrun ended with status {status}. Fix: read its output "
-                             "above; rerun the same command to resume from the last checkpoint")
-        return json.loads(summary_file.read_text(encoding="utf-8"))
+        return stages.train(folder, settings, self.device, self.config.average_last, self.nproc_per_node, self.log)
 
     def _evaluate(self, model_dir: Path, folder: Path, data: Path) -> dict:
-        """Translate each test set with `model_dir` into folder/<test>.hyp and score it."""
-        from ..data.prepare import load_prepared
-        from ..data.tokenizer import load_tokenizer
-        from ..evaluation.evaluate import score
-        from ..inference.translate import DecodeOptions, translate_sentences
-        from ..io import atomic_write_text, read_lines
-        from ..models import load_model
-        from ..training.trainer import pick_device
-
-        prepared = load_prepared(data)
-        device = pick_device(self.device)
-        model, tokenizer = load_model(model_dir, device), load_tokenizer(model_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        scores = {}
-        for name in self.config.test_sets:
-            if name not in prepared.splits:
-                known = ", ".join(n for n in prepared.splits if n not in ("train", "valid")) or "none"
-                raise TiekdError(f"{data}: holds no test set {name!r} (it holds: {known}). Fix: name one of those "
-                                 "in test_sets, or add the test set to the experiment's data")
-            src, ref = prepared.splits[name]
-            n = self.config.test_max_sentences or None
-            started = time.perf_counter()
-            hyps = translate_sentences(model, tokenizer, read_lines(src)[:n],
-                                       DecodeOptions(beam=self.config.beam, length_penalty=self.config.length_penalty,
-                                                     max_length=self.config.max_decode_length), device)
-            seconds = time.perf_counter() - started
-            atomic_write_text(folder / f"{name}.hyp", "".join(h + "\n" for h in hyps))
-            result = score(hyps, read_lines(ref)[:n], tokenized_bleu=True, lang=self.config.tgt_lang)
-            scores[name] = {"bleu": result["bleu"], "chrf": result["chrf"], "tokenized_bleu": result["tokenized_bleu"],
-                            "bleu_signature": result["bleu_signature"], "chrf_signature": result["chrf_signature"],
-                            "decode_seconds": round(seconds, 1)}
-        return scores
+        return stages.evaluate(model_dir, folder, data, self.config, self.device)
 
     def _analyze(self, student: Path, teacher: Path, data: Path) -> dict:
-        from ..data.prepare import load_prepared
-        from ..data.tokenizer import load_tokenizer
-        from ..evaluation.agreement import agreement_statistics
-        from ..io import read_lines
-        from ..models import load_model
-        from ..training.trainer import pick_device
-
-        prepared = load_prepared(data)
-        src, tgt = prepared.splits["valid"]
-        n = self.config.analyze_sentences or None
-        device = pick_device(self.device)
-        return agreement_statistics(load_model(student, device), load_model(teacher, device), load_tokenizer(student),
-                                    read_lines(src)[:n], read_lines(tgt)[:n], device=device)
+        return stages.analyze(student, teacher, data, self.config, self.device)
 
     def run(self) -> Path:
         config = self.config
@@ -493,19 +371,10 @@ class Pipeline:
     def slug(spec: StudentSpec, size: str, seed: int) -> str:
         """The row's folder name: lower case, letters, digits, '.' and '-' only, so that it needs no quoting in
         a shell and is valid on every file system ("on-policy KD (JSD, lambda 0.5)" -> "on-policy-kd-jsd-lambda-0.5")."""
-        return f"{_file_safe(spec.name)}-{_file_safe(size)}-seed{seed}"
+        return f"{stages.file_safe(spec.name)}-{stages.file_safe(size)}-seed{seed}"
 
     def _student_folder(self, spec: StudentSpec, size: str, seed: int) -> Path:
-        """students/<slug>. A finished row of an older tiekd, whose folder names kept spaces' neighbours such as
-        ':' and '(', is renamed to the new name; an unfinished one keeps its old folder, so its resume loses nothing."""
-        folder = self.out / "students" / self.slug(spec, size, seed)
-        old = self.out / "students" / f"{spec.name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
-        if old != folder and old.is_dir() and not folder.exists():
-            if not (old / "stage.json").is_file():
-                return old
-            old.rename(folder)
-            self.log(f"renamed students/{old.name} to students/{folder.name} (file-safe row names)")
-        return folder
+        return stages.student_folder(self.out, spec.name, size, seed, self.slug(spec, size, seed), self.log)
 
     def _pretrain_teacher_free(self, jobs: list, data: Path) -> None:
         """Train (not yet evaluate) the rows that need no teacher, skipping any another worker holds.
@@ -543,10 +412,6 @@ class Pipeline:
             return result
         return {"name": spec.name, "method": spec.method, "options": dict(spec.options), "baseline": spec.baseline_label,
                 "size": size, "seed": seed, "folder": str(folder), **result}
-
-
-def _file_safe(name: str) -> str:
-    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9.-]", "-", name.lower())).strip("-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

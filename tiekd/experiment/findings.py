@@ -165,7 +165,7 @@ def markdown(findings: list[dict], teacher_bleu: float, students: list[dict], si
              f"{'all test sets pooled' if main_test == 'pooled' else main_test}. \"X beats Y\": mean difference over the seeds "
              f"both rows have, each seed's paired approximate-randomization p (significant: p < {SIGNIFICANT}). "
              f"Shares of Word-KD's gain over No-KD: \"almost all\" read as ≥ {ALMOST_ALL:.0%}, \"most lost\" "
-             f"as ≤ {AT_MOST_HALF:.0%} kept (tiekd/reproduce/findings.py).", "",
+             f"as ≤ {AT_MOST_HALF:.0%} kept (tiekd/experiment/findings.py).", "",
              "| finding | the paper | measured here | verdict |", "|---|---|---|---|"]
     lines += [f"| {f['claim']} | {f['paper']} | {f['measured']} | {f['verdict']} |" for f in findings]
     tie = [row["scores"][main_test]["bleu"] for row in rows_by_role(students, size).get("tie-kd", {}).values()]

@@ -122,7 +122,7 @@ def run_settings(run_folder: Path) -> dict:
 def cost_keys(settings: dict, updates: int | None = None) -> dict[str, int]:
     """{objective: how many of the run's first `updates` updates (all when None) it trains with}.
 
-    TIE-KD's update i runs its N passes once i - 1 >= iterative_start_update (tiekd.objectives: passes
+    TIE-KD's update i runs its N passes once i - 1 >= iterative_start_update (tiekd.kd.objectives: passes
     start when `updates_done` reaches it), one pass before; its ranking terms cost too little to price
     apart (1 pass with ranking: 1.73 CPU s per update, Word-KD 1.76; docs/RESULTS.md), so the "iterative
     only" ablation is priced as N passes. Seq-KD trains on stored targets: a No-KD update."""

@@ -9,7 +9,7 @@ chunk with the gradient built in the forward pass, so the full `[tokens, V]` sof
 - `tie_kd_loss`: KL + R_intra + R_inter (Zhang et al., ACL 2023, arXiv 2305.08096).
 - `kd_without_correlation_loss`, `kd_without_top1_loss`, `topk_kd_loss`: the paper's analysis losses.
 - `reverse_kl_loss`, `jsd_loss`, `tvd_loss`, `skew_kl_loss`, `skew_reverse_kl_loss`: the divergences
-  later KD work compares with (tiekd.losses.divergences).
+  later KD work compares with (tiekd.kd.losses.divergences).
 - `selective_token_mask`: Selective-KD's hardest-tokens mask (Wang et al. 2021), for `mask=`.
 """
 

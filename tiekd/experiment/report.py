@@ -280,7 +280,7 @@ def _plots(lines: list[dict], teacher_bleu: float, out: Path, main_test: str) ->
 
 
 def _size_section(table: dict, out: Path, main_test: str, where: str) -> list[str]:
-    """The capacity-gap view (tiekd.reproduce.size_view) when the table has students of several sizes."""
+    """The capacity-gap view (tiekd.experiment.size_view) when the table has students of several sizes."""
     from . import size_view
 
     baselines = baseline_names(table["students"])
@@ -292,7 +292,7 @@ def _size_section(table: dict, out: Path, main_test: str, where: str) -> list[st
 
 
 def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
-    """Validation BLEU against core-hours (tiekd.reproduce.compute_view), when the runs logged their compute; at
+    """Validation BLEU against core-hours (tiekd.experiment.compute_view), when the runs logged their compute; at
     the measured cost of each update when the experiment folder holds update_costs.json."""
     from .compute_view import (UPDATE_COSTS_FILE, equal_compute_rows, load_update_costs, markdown_table,
                                plot_curves, run_curves)
@@ -323,7 +323,7 @@ def _equal_compute_section(rows: list[dict], out: Path) -> list[str]:
 
 
 def _findings_section(table: dict, out: Path, config) -> list[str]:
-    """The paper's findings checked on the main student size (tiekd.reproduce.findings), with the paired tests
+    """The paper's findings checked on the main student size (tiekd.experiment.findings), with the paired tests
     the table already ran where a finding compares a row with its baseline, new ones otherwise."""
     from ..evaluation.evaluate import paired_significance
     from . import findings

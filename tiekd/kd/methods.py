@@ -2,15 +2,15 @@
 
 A `Method` says what the student learns and what the method needs from the rest of tiekd:
 - `kd_loss(config)` builds the per-position KD term, `(student_logits, teacher_logits, target, pad_id,
-  **kw) -> sum over positions` (tiekd.losses); None means the objective is the gold CE alone;
+  **kw) -> sum over positions` (tiekd.kd.losses); None means the objective is the gold CE alone;
 - `needs_teacher`: a teacher model folder is required; `online_teacher`: the teacher runs inside every
   update (False for sequence-level KD, whose teacher only decodes the targets once);
 - `teacher_targets`: the student trains on the teacher's translations instead of the references;
 - `passes(config)`: decoder passes per update (TIE-KD's iterative KD), `temperature`: `kd_temperature`
   applies, `token_mask(config)`: which positions get the KD term (Selective-KD), `on_policy`: the
   KD prefix may be the student's own decoded output.
-The objective (tiekd/objectives.py) combines them as (1 - kd_alpha) * label-smoothed CE + kd_alpha * KD.
-Formulas and sources are in the loss docstrings of tiekd/losses/ and in docs/method.md §9.
+The objective (tiekd/kd/objectives.py) combines them as (1 - kd_alpha) * label-smoothed CE + kd_alpha * KD.
+Formulas and sources are in the loss docstrings of tiekd/kd/losses/ and in docs/method.md §9.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from .errors import TiekdError
+from ..errors import TiekdError
 
 
 def _one_pass(config) -> int:
@@ -62,7 +62,7 @@ def get_method(name: str) -> Method:
 
 
 def _loss(attribute: str, **params) -> Callable:
-    """A builder of the loss `tiekd.losses.<attribute>` with `params` read from the run's config;
+    """A builder of the loss `tiekd.kd.losses.<attribute>` with `params` read from the run's config;
     the losses (and torch) are imported only when a run builds one."""
     def build(config):
         from . import losses
@@ -73,7 +73,7 @@ def _loss(attribute: str, **params) -> Callable:
     return build
 
 
-# word-level divergences D(q || p) between the teacher q and the student p (tiekd.losses.divergences)
+# word-level divergences D(q || p) between the teacher q and the student p (tiekd.kd.losses.divergences)
 _DIVERGENCE_LOSSES = {
     "word-kd": _loss("word_kd_loss"),
     "reverse-kl": _loss("reverse_kl_loss"),

@@ -62,7 +62,7 @@ def topk_kd_loss(
 
         loss = -sum_{j=1..k} q[t_j] * log p[t_j]
 
-    Args: as `tiekd.losses.word_kd_loss`, plus `topk` (k). Returns a 0-dim fp32/fp64 sum.
+    Args: as `tiekd.kd.losses.word_kd_loss`, plus `topk` (k). Returns a 0-dim fp32/fp64 sum.
     """
     vocab = student_logits.shape[-1]
     if not 1 <= topk <= vocab:
@@ -85,7 +85,7 @@ def kd_without_correlation_loss(
     Per position, with t_1 the teacher's top-1 id:  loss = -q[t_1] * log p[t_1]
     (docs/method.md §4; the k = 1 case of `topk_kd_loss`).
 
-    Args: as `tiekd.losses.word_kd_loss`. Returns a 0-dim fp32/fp64 sum.
+    Args: as `tiekd.kd.losses.word_kd_loss`. Returns a 0-dim fp32/fp64 sum.
     """
     chunk_fn = partial(_topk_chunk, topk=1)
     return chunked_loss(chunk_fn, student_logits, teacher_logits, target, pad_id, mask, chunk_size)
@@ -107,6 +107,6 @@ def kd_without_top1_loss(
 
         loss = KL(q' || p) = sum_v q'_v * (log(q'_v + 1e-6) - log p_v),   terms with q'_v = 0 are 0.
 
-    Args: as `tiekd.losses.word_kd_loss`; `target` also supplies the gold ids. Returns a 0-dim sum.
+    Args: as `tiekd.kd.losses.word_kd_loss`; `target` also supplies the gold ids. Returns a 0-dim sum.
     """
     return chunked_loss(_without_top1_chunk, student_logits, teacher_logits, target, pad_id, mask, chunk_size)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import writes
 from ..errors import TiekdError
-from ..inference.decode_limits import MAX_DECODE_LENGTH
+from .decode_limits import MAX_DECODE_LENGTH
 from ..io import atomic_write_json, atomic_write_text, count_lines, iter_lines
 
 # tiekd.training.distributed (torch) is imported where it is used: the command line builds its parser from this
@@ -82,7 +82,7 @@ class DistillationOptions:
 
 class _CTranslate2Engine:
     def __init__(self, folder: Path, options: DistillationOptions):
-        from ..inference.export import CTranslate2Translator
+        from .export import CTranslate2Translator
 
         self.options = options
         # the teacher's own outputs: a shortlist stored with an export would restrict them unrecorded
@@ -109,7 +109,7 @@ class _CTranslate2Engine:
 class _PyTorchEngine:
     def __init__(self, model_dir: Path, options: DistillationOptions, model=None):
         from ..models import load_model
-        from .tokenizer import load_tokenizer
+        from ..data.tokenizer import load_tokenizer
 
         self.options = options
         # a teacher the caller already holds (e.g. on its GPU) decodes where it lives
@@ -117,7 +117,7 @@ class _PyTorchEngine:
         self.tokenizer = load_tokenizer(model_dir)
 
     def nbest(self, sentences: list[str]) -> list[list[tuple[str, int, bool]]]:
-        from ..inference.translate import DecodeOptions, translate_to_ids
+        from .translate import DecodeOptions, translate_to_ids
 
         o = self.options
         outputs = translate_to_ids(self.model, self.tokenizer, sentences,
@@ -149,7 +149,7 @@ def _exported_teacher(teacher: Path, work_dir: Path) -> Path:
     """The CTranslate2 folder to decode with: `teacher` itself, or its export in `work_dir` (made once)."""
     if (teacher / "model.bin").is_file():
         return teacher
-    from ..inference.export import export_ctranslate2
+    from .export import export_ctranslate2
 
     exported = work_dir / "teacher-ct2"
     if not (exported / "model.bin").is_file():

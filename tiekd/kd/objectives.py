@@ -6,7 +6,7 @@ count of the update) and a dict of detached per-part sums for logging.
 - word-level KD and the analysis variants: (1 - a) * ls_ce + a * KD on the gold prefix.
 - `selective-kd` (Wang et al. 2021): KD only on the batch's hardest `selective_ratio` tokens.
 - `reverse-kl`, `jsd`, `tvd`, `skew-kl`, `skew-reverse-kl`: word-level KD with that divergence
-  (tiekd.losses.divergences) instead of KL(q || p); `kd_temperature` softens any plain divergence.
+  (tiekd.kd.losses.divergences) instead of KL(q || p); `kd_temperature` softens any plain divergence.
 - `on-policy` (generalized KD, Agarwal et al. ICLR 2024, with the gold CE kept as in TIE-KD): with
   probability `on_policy_lambda` a batch's KD term is computed on the student's own decoded output
   (sampled or greedy) instead of the gold prefix; the divergence is `on_policy_divergence`. lambda 0 is
@@ -15,7 +15,7 @@ count of the update) and a dict of detached per-part sums for logging.
   TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right;
   with `iterative_start_update` U > 0, updates before U run pass 1 only (our option, not the paper's).
 The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once. What each method
-contributes (its KD loss, passes, token mask, on-policy prefixes) comes from its entry in tiekd/methods.py.
+contributes (its KD loss, passes, token mask, on-policy prefixes) comes from its entry in tiekd/kd/methods.py.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from . import losses
-from .config import RunConfig
-from .config_fields import InvalidConfig
-from .errors import TiekdError
+from ..config import RunConfig
+from ..config_fields import InvalidConfig
+from ..errors import TiekdError
 from .methods import get_method
 
 # the settings a method reads, named as `tiekd distill` names them (RunConfig's fields and defaults)
@@ -232,7 +232,7 @@ def check_same_vocabulary(student, teacher, student_tokenizer=None, teacher_toke
         raise TiekdError(f"the teacher's vocabulary has {sizes[1]:,} entries and the student's {sizes[0]:,}: "
                          "KD needs one vocabulary. Fix: build the student with the teacher's tokenizer")
     if student_tokenizer is not None and teacher_tokenizer is not None:
-        from .data.tokenizer import vocab_fingerprint
+        from ..data.tokenizer import vocab_fingerprint
 
         prints = vocab_fingerprint(student_tokenizer), vocab_fingerprint(teacher_tokenizer)
         if prints[0] != prints[1]:
