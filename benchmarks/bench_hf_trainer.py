@@ -8,7 +8,7 @@ wall time between the first and the last logged update of each run, read as the 
 start-up, the end-of-run validation and saving are outside it. Then both students translate the test sets
 (beam 4, the same code) and are scored with sacreBLEU, each set and all pooled.
 
-    python benchmarks/bench_hf_trainer.py --prepared DATA --teacher results/converged/teacher/model \
+    python benchmarks/bench_hf_trainer.py --prepared DATA --teacher models/multi30k-de-en-teacher \
         --out OUT --method tie-kd --updates 600
 
 DATA is a `tiekd prepare` folder made with the teacher's tokenizer (`tiekd prepare --tokenizer TEACHER`).

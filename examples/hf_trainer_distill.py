@@ -1,6 +1,6 @@
 """Distill a Marian teacher into a fresh small student with Hugging Face's Trainer and tiekd's loss.
 
-    python examples/hf_trainer_distill.py --teacher results/converged/teacher/model \
+    python examples/hf_trainer_distill.py --teacher models/multi30k-de-en-teacher \
         --data ../shared/data/multi30k --out runs/hf-tie-kd --method tie-kd --max-steps 600
     torchrun --nproc_per_node 2 examples/hf_trainer_distill.py ...     # or: accelerate launch examples/...
 

@@ -13,7 +13,7 @@ import yaml
 
 
 TINY = {
-    "name": "tiny", "vocab_size": 300, "train_pairs": 600,
+    "name": "tiny", "note": "A toy run.", "vocab_size": 300, "train_pairs": 600,
     "teacher": {"model": "micro", "max_updates": 30, "max_tokens": 2048, "lr": 3e-3, "warmup_updates": 10,
                 "valid_every": 30, "valid_bleu": False, "log_every": 10},
     "student": {"max_updates": 8, "max_tokens": 2048, "lr": 3e-3, "warmup_updates": 4, "valid_every": 4,
@@ -51,6 +51,7 @@ def test_experiment_runs_the_whole_pipeline_and_skips_finished_stages(tmp_path, 
     assert 0 <= table["students"][2]["analysis"]["top1_agreement"] <= 1
     report = (out / "results.md").read_text()
     assert "| Teacher |" in report and "TIE-KD" in report
+    assert report.splitlines()[2] == "> A toy run."  # the experiment's note, under the title
     # the paper's findings, read from these rows: TIE-KD against both baselines, the analysis rows not run
     assert "## The paper's findings, checked" in report
     findings = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |") for line in report.splitlines()

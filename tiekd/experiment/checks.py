@@ -85,6 +85,8 @@ def _check_shapes(config, report: _Report) -> None:
     check(config.student, dict, ("student",), "student", "a mapping of run settings (`key: value` lines)")
     check(config.student_sizes, list, ("student_sizes",), "student_sizes", "a list of model presets")
     check(config.seeds, list, ("seeds",), "seeds", "a list of seeds")
+    if config.note is not None:
+        check(config.note, str, ("note",), "note", "one line of text")
     if config.run_order not in ("rows", "seeds"):
         report.add(Problem("run_order", config.run_order, "must be rows or seeds",
                            "write rows (each row's seeds in turn) or seeds (every row's first seed first)"),

@@ -66,6 +66,7 @@ class ExperimentConfig:
     """What `tiekd experiment` runs; presets live in tiekd/presets/*.yaml."""
 
     name: str = "experiment"
+    note: str | None = None           # a line the report shows under its title (e.g. what the run cannot settle)
     multi30k: str | None = None       # Multi30k folder (default: ../shared/data/multi30k or $TIEKD_MULTI30K_DIR)
     # any other data (tiekd/data/source.py): {folder: DIR}, {train: .., valid: .., tests: {NAME: ..}} or
     # {prepared: DIR}; {multi30k: DIR} is the same as the key above
@@ -168,7 +169,7 @@ def settings_hash(value) -> str:
 
 
 # Keys that only add or relabel rows: changing them keeps every finished stage valid.
-ROW_KEYS = ("name", "students", "seeds", "student_sizes", "run_order")
+ROW_KEYS = ("name", "note", "students", "seeds", "student_sizes", "run_order")
 BUSY = object()  # _stage's answer when another worker holds the stage
 
 

@@ -187,6 +187,7 @@ def write_report(table: dict, out: Path, config) -> None:
     baselines = baseline_names(table["students"])
     header += [f"tok-BLEU {main_test}", *[f"Δ vs {name} (p)" for name in baselines], "top-1 agr. %", "last-25% gain"]
     md = [f"# {config.name}: {table.get('data_name', 'Multi30k')} {config.src_lang}→{config.tgt_lang}", "",
+          *([f"> {config.note}", ""] if getattr(config, "note", None) else []),
           f"Beam {config.beam}, length penalty {config.length_penalty}, last {config.average_last} checkpoints "
           f"averaged; sacreBLEU (signature below); mean ± std over seeds; Δ = BLEU difference on {where} "
           f"against the baseline of the same seed, with the p-value of sacreBLEU's paired approximate "
