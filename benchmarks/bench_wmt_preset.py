@@ -35,7 +35,8 @@ def experiment_file(args, corpus: Path) -> dict:
     short = {"max_updates": args.updates, "update_freq": args.update_freq, "valid_every": args.updates,
              "valid_max_sentences": 50, "valid_bleu": False, "save_every": args.updates, "log_every": 1,
              "warmup_updates": max(1, args.updates)}
-    return {**preset, "name": f"{args.preset}-stand-in", "data": {"folder": str(corpus)}, "src_lang": "de",
+    data = {"prepared": str(args.prepared)} if args.prepared else {"folder": str(corpus)}
+    return {**preset, "name": f"{args.preset}-stand-in", "data": data, "src_lang": "de",
             "vocab_size": args.vocab_size,
             "tgt_lang": "en", "teacher": {**preset["teacher"], **short}, "student": {**preset["student"], **short},
             "students": [{"name": "TIE-KD", "method": "tie-kd"}], "average_last": 1, "test_max_sentences": 20,
@@ -93,7 +94,7 @@ def run(args) -> dict:
                  if '"valid"' in line]
         result[f"{stage}_seconds_per_update"] = round(valid[-1]["train_seconds"] / valid[-1]["step"], 1)
         result[f"{stage}_target_tokens_per_update"] = round(valid[-1]["target_tokens_seen"] / valid[-1]["step"])
-    from tiekd.models import parameter_count
+    from tiekd.experiment.size_view import parameter_count
 
     result["teacher_parameters"] = parameter_count(out / "teacher" / "model")
     result["student_parameters"] = parameter_count(next(out.glob("students/*/model")))
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, required=True, help="folder with train.de and train.en")
     parser.add_argument("--multi30k", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (the experiment goes in WORK/exp)")
+    parser.add_argument("--prepared", type=Path, help="a prepared folder of an earlier run (WORK/exp/data) to reuse, "
+                                                     "so that only the training stages are measured again")
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--update-freq", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
