@@ -3,9 +3,9 @@
 Both distill a fresh `tiny` student from one teacher with the same method, schedule and batches (the HF run
 uses `DistillationConfig(max_tokens=...)`, which feeds tiekd's token-count batches in tiekd's epoch order),
 side by side: one one-thread process each, started together, glibc's malloc tuned the same way in both
-(tiekd.training.malloc_tuning, what the `tiekd` command applies to its training commands). Time per update is the
-wall time between the first and the last logged update of each run, read as the log lines appear, so
-start-up, the end-of-run validation and saving are outside it. Then both students translate the test sets
+(tiekd.training.malloc_tuning, what the `tiekd` command applies to its training commands). Time per update covers updates 51 to the
+last: for tiekd from its own log (tokens/s per window, validation excluded), for the HF run from the wall
+clock at its logs, so start-up, the end-of-run validation and saving are outside both. Then both students translate the test sets
 (beam 4, the same code) and are scored with sacreBLEU, each set and all pooled.
 
     python benchmarks/bench_hf_trainer.py --prepared DATA --teacher models/multi30k-de-en-teacher \
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 LOG_EVERY = 50
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's tiekd, not an installed one
 
 
 def arguments(argv=None) -> argparse.Namespace:
@@ -41,6 +42,8 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--hf-child", action="store_true", help=argparse.SUPPRESS)  # the HF run's own process
+    parser.add_argument("--finish-only", action="store_true",
+                        help="score two runs already in --out (e.g. after an interruption of the scoring)")
     return parser.parse_args(argv)
 
 
@@ -90,33 +93,44 @@ def hf_run(args) -> None:
     trainer.save_model(str(out / "student"))
 
 
-def watch(args, procs) -> dict[str, list[dict]]:
-    """Each run's logged updates with the wall time their line appeared (polled every 0.2 s)."""
-    seen = {"tiekd": [], "hf": []}
-    paths = {"tiekd": args.out / "tiekd" / "metrics.jsonl", "hf": args.out / "hf_log.jsonl"}
-    while True:
-        for name, path in paths.items():
-            if path.exists():
-                lines = path.read_text().splitlines()
-                for line in lines[len(seen[name]) if name == "hf" else 0:]:
-                    record = json.loads(line)
-                    if name == "tiekd":
-                        if record.get("kind") != "train" or any(r["step"] == record["step"] for r in seen[name]):
-                            continue
-                        record = {"step": record["step"], "loss": record["loss"], "time": time.time()}
-                    seen[name].append(record)
-        if all(proc.poll() is not None for proc in procs):
-            break
-        time.sleep(0.2)
+def wait(args, procs) -> None:
     for proc, name in zip(procs, ("tiekd", "hf")):
-        if proc.returncode != 0:
+        if proc.wait() != 0:
             sys.exit(f"the {name} run failed (status {proc.returncode}); see {args.out}/{name}.err")
-    return seen
 
 
-def seconds_per_update(records: list[dict]) -> float:
-    first, last = records[0], records[-1]
-    return (last["time"] - first["time"]) / (last["step"] - first["step"])
+def curves(args) -> dict[str, list[dict]]:
+    """Each run's logged losses. tiekd's records carry tokens/s over their window (validation excluded), so a
+    window's seconds are its target tokens over that rate; the HF run's carry the wall clock at each log."""
+    tiekd = [json.loads(line) for line in (args.out / "tiekd" / "metrics.jsonl").read_text().splitlines()]
+    hf = [json.loads(line) for line in (args.out / "hf_log.jsonl").read_text().splitlines()]
+    return {"tiekd": [r for r in tiekd if r.get("kind") == "train"], "hf": hf}
+
+
+def seconds_per_update(args, logs: dict) -> dict[str, float]:
+    """Over updates LOG_EVERY+1 .. the last: tiekd's from its windows' tokens/s and the batches' target tokens
+    (the same batches in both runs), HF's from the wall clock between its first and last log."""
+    from tiekd.data.batching import epoch_order, make_batches, updates_per_epoch
+    from tiekd.hf import SentencePairs
+    from tiekd.data.tokenizer import load_tokenizer
+
+    pairs = SentencePairs(load_tokenizer(args.prepared / "tokenizer"), args.prepared / "train.de",
+                          args.prepared / "train.en")
+    plan = make_batches(pairs.corpus, args.max_tokens)
+    targets = pairs.corpus.target_lengths()
+    per_epoch = updates_per_epoch(len(plan), 1, 1)
+    tokens = []  # target tokens of update 1, 2, ...
+    epoch = 0
+    while len(tokens) < args.updates:
+        tokens += [int(targets[plan[k]].sum()) for k in epoch_order(len(plan), args.seed, epoch)][:per_epoch]
+        epoch += 1
+    seconds, previous = 0.0, LOG_EVERY
+    for record in logs["tiekd"][1:]:
+        seconds += sum(tokens[previous:record["step"]]) / record["tokens_per_s"]
+        previous = record["step"]
+    hf = logs["hf"]
+    return {"tiekd": seconds / (previous - LOG_EVERY),
+            "hf": (hf[-1]["time"] - hf[0]["time"]) / (hf[-1]["step"] - hf[0]["step"])}
 
 
 def test_bleu(model_dir: Path, prepared: Path) -> dict[str, float]:
@@ -151,6 +165,9 @@ def main(argv=None) -> None:
     if args.hf_child:
         hf_run(args)
         return
+    if args.finish_only:
+        finish(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     hf_command = [sys.executable, __file__, *sys.argv[1:], "--hf-child"] if argv is None else \
@@ -159,10 +176,16 @@ def main(argv=None) -> None:
     for name, command in (("tiekd", tiekd_command(args)), ("hf", hf_command)):
         with open(args.out / f"{name}.out", "w") as out, open(args.out / f"{name}.err", "w") as err:
             procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=err))
-    seen = watch(args, procs)
+    wait(args, procs)
+    finish(args)
+
+
+def finish(args) -> None:
+    """Curves, time per update and test BLEU of two finished runs in args.out (also: --finish-only)."""
+    seen = curves(args)
     tiekd_model = args.out / "tiekd" / "checkpoints" / f"step_{args.updates:07d}"
     result = {"method": args.method, "student": args.student, "updates": args.updates, "max_tokens": args.max_tokens,
-              "curves": seen, "seconds_per_update": {name: seconds_per_update(r) for name, r in seen.items()},
+              "curves": seen, "seconds_per_update": seconds_per_update(args, seen),
               "bleu": {"tiekd": test_bleu(tiekd_model, args.prepared),
                        "hf": test_bleu(args.out / "hf" / "student", args.prepared)},
               "date": time.strftime("%Y-%m-%d"), "cpu": _cpu_name()}

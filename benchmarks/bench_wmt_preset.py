@@ -45,12 +45,13 @@ def experiment_file(args, corpus: Path) -> dict:
 
 
 def stage_of(out: Path) -> str:
-    """The stage running now, read from the stage files the experiment writes as each one ends."""
-    if not (out / "data" / "stage.json").is_file():
-        return "prepare"
-    if not (out / "teacher" / "stage.json").is_file():
-        return "teacher"
-    return "student" if not list(out.glob("students/*/stage.json")) else "report"
+    """The stage running now, from the folders the experiment creates as each one starts (a reused prepared
+    folder has no stage of its own here)."""
+    if list(out.glob("students/*/stage.json")):
+        return "report"
+    if (out / "students").is_dir():
+        return "student"
+    return "teacher" if (out / "teacher").is_dir() else "prepare"
 
 
 def run(args) -> dict:
