@@ -235,3 +235,25 @@ def test_max_tokens_feeds_tiekds_batches_in_tiekds_epoch_order(tmp_path, teacher
         expected = [collate(pairs.corpus, plan[k]).input_ids for k in epoch_order(len(plan), 4, epoch)]
         assert len(got) == len(expected) > 3
         assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_the_example_script_runs_as_written(tmp_path, multi30k, teacher_dir):
+    """examples/hf_trainer_distill.py end to end on a Multi30k slice: 2 updates, the student saved as a model
+    folder, the test pair scored."""
+    from conftest import head
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 200), ("val", 30), ("test_2016_flickr", 12)):
+        for lang in ("de", "en"):
+            (data / f"{split}.{lang}").write_text("\n".join(head(multi30k / f"{split}.{lang}", n)) + "\n",
+                                                  encoding="utf-8")
+    script = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer_distill.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), "--teacher", str(teacher_dir), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--student", "micro", "--max-steps", "2",
+                           "--batch-size", "16", "--warmup-steps", "1"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test_2016_flickr: BLEU" in done.stdout
+    assert (tmp_path / "out" / "student" / "model.safetensors").is_file()
