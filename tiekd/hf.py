@@ -129,14 +129,17 @@ class DistillationTrainer(Seq2SeqTrainer):
         if teacher_model is not None:
             teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
         self.teacher_model = teacher_model
-        self.objective = DistillationObjective.for_method(args.method, self.model, teacher_model,
-                                                          **args.kd_settings())
+        self.objective = self._make_objective()
         # Count each accumulated step's target tokens (HF does so only for models that take loss kwargs) and
         # tell HF the loss is already divided by them, so it does not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
-        self._part_sums: dict[str, float] = {}
+        self._part_sums: dict[str, torch.Tensor] = {}  # detached: read on the host only when logged
         self._part_batches = 0
+
+    def _make_objective(self) -> DistillationObjective:
+        return DistillationObjective.for_method(self.args.method, self.model, self.teacher_model,
+                                                **self.args.kd_settings())
 
     def _wrap_model(self, model, training: bool = True, dataloader=None):
         """For training: the objective around the student, prepared by accelerate (DDP under torchrun), so
@@ -146,8 +149,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         if isinstance(self.accelerator.unwrap_model(model), DistillationObjective):
             return model  # a second train() call: already prepared
         if self.objective.student is not self.model:  # the student was replaced (e.g. after a batch-size retry)
-            self.objective = DistillationObjective.for_method(self.args.method, self.model, self.teacher_model,
-                                                              **self.args.kd_settings())
+            self.objective = self._make_objective()
         return self.accelerator.prepare_model(self.objective)
 
     def get_train_dataloader(self):
@@ -161,10 +163,14 @@ class DistillationTrainer(Seq2SeqTrainer):
                                              pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available())
         return self.accelerator.prepare(loader)
 
+    def _hf_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` with pad-id padding replaced by -100, which HF's counting and its models' own loss skip
+        (the reverse of DistillationObjective.gold_labels)."""
+        return labels.masked_fill(labels == self.objective.pad_id, IGNORE_INDEX)
+
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """HF counts labels != -100; a collator that pads labels with the pad id must not have padding counted."""
-        pad = self.objective.pad_id
-        masked = [{**batch, "labels": batch["labels"].masked_fill(batch["labels"] == pad, IGNORE_INDEX)}
+        masked = [{**batch, "labels": self._hf_labels(batch["labels"])}
                   if isinstance(batch, dict) and "labels" in batch else batch for batch in batch_samples]
         return super()._get_num_items_in_batch(masked, device)
 
@@ -174,11 +180,10 @@ class DistillationTrainer(Seq2SeqTrainer):
         the student): the student's own mean cross-entropy per target token, without smoothing."""
         objective = self.accelerator.unwrap_model(model)
         if not isinstance(objective, DistillationObjective):
-            labels = inputs["labels"]
-            inputs = {**inputs, "labels": labels.masked_fill(labels == self.objective.pad_id, IGNORE_INDEX)}
+            inputs = {**inputs, "labels": self._hf_labels(inputs["labels"])}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         pad = objective.pad_id
-        labels = inputs["labels"].masked_fill(inputs["labels"] == IGNORE_INDEX, pad)
+        labels = objective.gold_labels(inputs["labels"])
         objective.updates_done = self.state.global_step  # TIE-KD's iterative_start_update counts updates
         total, parts = model(inputs["input_ids"], inputs["attention_mask"], labels, inputs.get("decoder_input_ids"))
         local_tokens = (labels != pad).sum()
@@ -186,14 +191,14 @@ class DistillationTrainer(Seq2SeqTrainer):
         loss = total / divisor
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
-        for name, value in parts.items():
-            self._part_sums[name] = self._part_sums.get(name, 0.0) + float(value) / max(int(local_tokens), 1)
+        for name, value in parts.items():  # tensors, so that no step waits for the device to report a number
+            self._part_sums[name] = self._part_sums.get(name, 0.0) + value / local_tokens.clamp(min=1)
         self._part_batches += 1
         return (loss, parts) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._part_batches:
-            logs.update({name: round(total / self._part_batches, 4) for name, total in self._part_sums.items()})
+            logs.update({name: round(float(total) / self._part_batches, 4) for name, total in self._part_sums.items()})
             self._part_sums, self._part_batches = {}, 0
         super().log(logs, *args, **kwargs)
 

@@ -6,7 +6,7 @@ average, translate, score, analyze) -> significance (paired bootstrap vs No-KD a
 (results.md, results.csv, plots). Rerunning skips finished stages; an interrupted training stage
 resumes from its last checkpoint; a stage finished under different settings is refused, never mixed.
 Every run's settings (the teacher and each student row) are checked when the experiment is read,
-before any stage starts (`experiment_checks`).
+before any stage starts (`checks`).
 
 Several workers may share one experiment folder (e.g. one per core or per GPU, each started with the
 same command): a stage is claimed with an exclusive `flock` on a file in `.locks/`, so each student is
@@ -370,12 +370,10 @@ class Pipeline:
 
     @staticmethod
     def slug(spec: StudentSpec, size: str, seed: int) -> str:
-        """The row's folder name: lower case, letters, digits, '.' and '-' only, so that it needs no quoting in
-        a shell and is valid on every file system ("on-policy KD (JSD, lambda 0.5)" -> "on-policy-kd-jsd-lambda-0.5")."""
-        return f"{stages.file_safe(spec.name)}-{stages.file_safe(size)}-seed{seed}"
+        return stages.row_slug(spec.name, size, seed)
 
     def _student_folder(self, spec: StudentSpec, size: str, seed: int) -> Path:
-        return stages.student_folder(self.out, spec.name, size, seed, self.slug(spec, size, seed), self.log)
+        return stages.student_folder(self.out, spec.name, size, seed, self.log)
 
     def _pretrain_teacher_free(self, jobs: list, data: Path) -> None:
         """Train (not yet evaluate) the rows that need no teacher, skipping any another worker holds.

@@ -7,13 +7,10 @@ process or under torchrun), translate and score the test sets, measure top-1 agr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
 from pathlib import Path
-
-import yaml
 
 from ..errors import TiekdError
 
@@ -89,10 +86,8 @@ def _train_under_torchrun(folder: Path, config, resume: bool, nproc_per_node: in
     import subprocess
     import sys
 
-    from ..io import atomic_write_text
-
     stage_file = folder / "stage-run.yaml"
-    atomic_write_text(stage_file, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    config.save(stage_file)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
                "-m", "tiekd", "distill", "--allow-no-kd", "--config", str(stage_file),
                "--resume" if resume else "--overwrite"]
@@ -169,10 +164,16 @@ def file_safe(name: str) -> str:
     return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9.-]", "-", name.lower())).strip("-")
 
 
-def student_folder(out: Path, name: str, size: str, seed: int, slug: str, log) -> Path:
-    """out/students/<slug>. A finished row of an older tiekd, whose folder names kept characters such as ':'
+def row_slug(name: str, size: str, seed: int) -> str:
+    """A row's folder name: lower case, letters, digits, '.' and '-' only, so that it needs no quoting in a
+    shell and is valid on every file system ("on-policy KD (JSD, lambda 0.5)" -> "on-policy-kd-jsd-lambda-0.5")."""
+    return f"{file_safe(name)}-{file_safe(size)}-seed{seed}"
+
+
+def student_folder(out: Path, name: str, size: str, seed: int, log) -> Path:
+    """out/students/<row_slug>. A finished row of an older tiekd, whose folder names kept characters such as ':'
     and '(', is renamed to the new name; an unfinished one keeps its old folder, so its resume loses nothing."""
-    folder = out / "students" / slug
+    folder = out / "students" / row_slug(name, size, seed)
     old = out / "students" / f"{name.lower().replace(' ', '-').replace('/', '-')}-{size}-seed{seed}"
     if old != folder and old.is_dir() and not folder.exists():
         if not (old / "stage.json").is_file():

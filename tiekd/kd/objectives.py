@@ -104,10 +104,14 @@ class DistillationObjective(nn.Module):
     def mean_loss(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss per target token of one batch, and its parts (ce, kd) per target token. `labels` may
         be padded with the tokenizer's pad id or with Hugging Face's -100."""
-        labels = labels.masked_fill(labels == IGNORE_INDEX, self.pad_id)
+        labels = self.gold_labels(labels)
         total, parts = self(input_ids, attention_mask, labels)
         tokens = (labels != self.pad_id).sum().clamp(min=1)
         return total / tokens, {name: value / tokens for name, value in parts.items()}
+
+    def gold_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` with Hugging Face's -100 padding replaced by the pad id, which the losses mask by."""
+        return labels.masked_fill(labels == IGNORE_INDEX, self.pad_id)
 
     @property
     def teacher(self):
