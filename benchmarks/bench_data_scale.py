@@ -8,8 +8,10 @@ Multi30k pairs joined), then, each in a fresh process with its peak resident mem
   - `tiekd prepare` of this checkout, and of OLD_CHECKOUT (a git worktree of an earlier commit) where given;
   - SentencePiece's own encoding of the same training lines with the same tokenizer on all cores, the
     floor for prepare's work beyond training the tokenizer;
-  - `tiekd train` for 3 updates of a `micro` model on the prepared folder: seconds from process start to
-    the first update, and peak memory; with the old code too, on its own prepared folder.
+  - `tiekd train` for 3 updates of a `micro` model on the prepared folder, `--train-repeats` times: seconds
+    and peak memory of the whole run, and the seconds, RSS and peak RSS at the moment its corpus is open and
+    its batches planned (what the corpus costs before the first update); medians, with every run's peak;
+    with the old code too, on its own prepared folder.
 Ratios are measured side by side in one run; absolute times drift with the machine's load.
 """
 
@@ -27,6 +29,30 @@ MEASURE = """
 import resource, runpy, sys, time
 started = time.time()
 sys.argv = {argv!r}
+
+
+def status():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return [int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "VmHWM")]
+
+
+# the corpus is open and its batches planned once make_batches returns: what the process holds then, and
+# its peak so far, are what the corpus costs before the first update (the updates' own peak depends on
+# the batches drawn, and varies between identical runs)
+for module in ("tiekd.data.batching", "tiekd.batching"):
+    try:
+        batching = __import__(module, fromlist=["make_batches"])
+    except ImportError:
+        continue
+    planned = batching.make_batches
+
+    def make_batches(*args, planned=planned, **kwargs):
+        plan = planned(*args, **kwargs)
+        print("OPENED", time.time() - started, *status(), flush=True)
+        return plan
+
+    batching.make_batches = make_batches
+    break
 try:
     runpy.run_module("tiekd", run_name="__main__")
 except SystemExit as stop:
@@ -38,7 +64,8 @@ print("MEASURED", time.time() - started, resource.getrusage(resource.RUSAGE_SELF
 
 
 def measured(code_dir: Path, argv: list[str], cwd: Path) -> dict:
-    """Run `python -m tiekd ARGV` of the checkout `code_dir` in a fresh process: wall seconds, peak RSS."""
+    """Run `python -m tiekd ARGV` of the checkout `code_dir` in a fresh process: wall seconds, peak RSS,
+    and for training the seconds, RSS and peak RSS at the moment its batches are planned."""
     env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": "1"}
     script = MEASURE.format(argv=["tiekd", *argv])
     done = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
@@ -46,7 +73,26 @@ def measured(code_dir: Path, argv: list[str], cwd: Path) -> dict:
     if not line or line[-1].split()[3] != "0":
         raise RuntimeError(f"tiekd {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     _, seconds, rss, _ = line[-1].split()
-    return {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(rss) / 1e6, 1), "stdout": done.stdout}
+    result = {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(rss) / 1e6, 1)}
+    opened = [l.split() for l in done.stdout.splitlines() if l.startswith("OPENED")]
+    if opened:
+        _, at, now, peak = opened[0]
+        result.update(opened_s=round(float(at), 2), opened_rss_mb=round(int(now) / 1e6, 1),
+                      opened_peak_rss_mb=round(int(peak) / 1e6, 1))
+    return result
+
+
+def repeated_train(code: Path, argv: list[str], cwd: Path, run_dir: Path, repeats: int) -> dict:
+    """`tiekd train` `repeats` times from scratch: the median of each figure, and every run's peak."""
+    import statistics
+
+    runs = []
+    for _ in range(repeats):
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        runs.append(measured(code, argv, cwd))
+    summary = {key: round(statistics.median(run[key] for run in runs), 2) for key in runs[0]}
+    summary["peak_rss_mb_runs"] = [run["peak_rss_mb"] for run in runs]
+    return summary
 
 
 def synthetic_corpus(multi30k: Path, pairs: int, folder: Path) -> tuple[Path, Path]:
@@ -137,6 +183,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (corpora and prepared data)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--train-repeats", type=int, default=3,
+                        help="train this many times at each size and report medians (identical runs' peaks differ "
+                             "by up to ~190 MB here: the updates' temporaries)")
     parser.add_argument("--ranks", type=int, default=0,
                         help="also train with this many torchrun ranks on the smallest and largest size and report "
                              "each rank's peak private memory (USS) and PSS")
@@ -155,14 +204,18 @@ def main() -> int:
             subprocess.run(["rm", "-rf", str(out), str(args.work / f"run-{name}-{pairs}")], check=True)
             prepare = measured(code, ["prepare", "--train", str(src), str(tgt), "--valid", *valid, "--vocab-size",
                                       "8000", "--out", str(out)], args.work)
-            train = measured(code, ["train", "--data", str(out), "--out", str(args.work / f"run-{name}-{pairs}"),
-                                    "--model", "micro", "--max-updates", "3", "--valid-every", "1000", "--save-every",
-                                    "1000", "--max-tokens", "4096", "--no-valid-bleu", "--valid-max-sentences", "10"],
-                             args.work)
+            run_dir = args.work / f"run-{name}-{pairs}"
+            train = repeated_train(code, ["train", "--data", str(out), "--out", str(run_dir), "--model", "micro",
+                                          "--max-updates", "3", "--valid-every", "1000", "--save-every", "1000",
+                                          "--max-tokens", "4096", "--no-valid-bleu", "--valid-max-sentences", "10"],
+                                   args.work, run_dir, args.train_repeats)
             phases = json.loads((out / "meta.json").read_text()).get("seconds", {})
             row[name] = {"prepare_s": prepare["seconds"], "prepare_peak_rss_mb": prepare["peak_rss_mb"],
                          "prepare_phases_s": phases,
-                         "train_3_updates_s": train["seconds"], "train_peak_rss_mb": train["peak_rss_mb"]}
+                         "train_3_updates_s": train["seconds"], "train_peak_rss_mb": train["peak_rss_mb"],
+                         "train_peak_rss_mb_runs": train["peak_rss_mb_runs"],
+                         **{f"train_{key}": train[key] for key in ("opened_s", "opened_rss_mb", "opened_peak_rss_mb")
+                            if key in train}}
             if name == "new":
                 row["spm_encode_s"] = spm_floor(out / "tokenizer", src, tgt)
             print(json.dumps({"pairs": pairs, name: row[name]}), flush=True)
@@ -176,6 +229,14 @@ def main() -> int:
               f"{beyond(r['new']):>13}  "
               f"{r['new']['train_3_updates_s']:>11} {r['new']['train_peak_rss_mb']:>7}  "
               f"{old.get('train_3_updates_s', '-'):>6} {old.get('train_peak_rss_mb', '-'):>7}")
+    print("train, medians of the repeats: seconds to the planned batches, RSS then, peak RSS up to then; every "
+          "run's peak")
+    for r in results:
+        for name in ("new", "old"):
+            if name in r:
+                t = r[name]
+                print(f"{r['pairs']:>9,} {name}: {t.get('train_opened_s', '-')} s, {t.get('train_opened_rss_mb', '-')} "
+                      f"MB, {t.get('train_opened_peak_rss_mb', '-')} MB; peaks {t['train_peak_rss_mb_runs']}")
     if args.ranks:
         ranked = {}
         for pairs in (results[0]["pairs"], results[-1]["pairs"]):
@@ -214,6 +275,9 @@ def plot(results: list[dict], path: Path) -> None:
         x = [r["pairs"] for r in rows]
         left.plot(x, [r[name]["prepare_peak_rss_mb"] for r in rows], style, label=f"prepare ({name})")
         left.plot(x, [r[name]["train_peak_rss_mb"] for r in rows], style, label=f"train, 3 updates ({name})")
+        if all("train_opened_peak_rss_mb" in r[name] for r in rows):
+            left.plot(x, [r[name]["train_opened_peak_rss_mb"] for r in rows], style,
+                      label=f"train, corpus open, batches planned ({name})")
         right.plot(x, [r[name]["prepare_s"] for r in rows], style, label=f"prepare ({name})")
         right.plot(x, [r[name]["train_3_updates_s"] for r in rows], style, label=f"train, 3 updates ({name})")
     right.plot(sizes, [r["spm_encode_s"] for r in results], ":", color="grey", label="SentencePiece encoding alone")

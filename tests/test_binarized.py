@@ -39,6 +39,35 @@ def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(pr
     assert short.source(longest).tolist() == encode_pair_files(tokenizer, *data.splits["train"], 6).sources[longest]
 
 
+def test_the_length_order_is_the_stable_sort_by_target_then_source_length():
+    """The counting sort's order equals sorted(key=(target length, source length, index)) for any chunking,
+    in int32, and sentences too long for its key table go through lexsort to the same order."""
+    from tiekd.data.batching import length_order
+
+    rng = np.random.default_rng(7)
+    for count in (0, 1, 9, 5000):
+        sources = rng.integers(1, 40, count).astype(np.uint16)
+        targets = rng.integers(1, 40, count).astype(np.uint16)
+        expected = sorted(range(count), key=lambda i: (targets[i], sources[i], i))
+        for chunk in (1, 7, 1 << 18):
+            order = length_order(sources, targets, chunk)
+            assert order.dtype == np.int32 and order.tolist() == expected
+    sources, targets = np.asarray([70000, 3, 70000, 3], dtype=np.int32), np.asarray([5000, 5000, 2, 2], dtype=np.int32)
+    assert length_order(sources, targets).tolist() == [3, 2, 1, 0]
+
+
+def test_lengths_are_read_from_the_index_in_two_bytes_and_widened_for_long_sentences(tmp_path):
+    from tiekd.data.binarized import HEADER, MAGIC, VERSION, read_lengths
+
+    for lengths, dtype in (([3, 1, 65535, 7], np.uint16), ([3, 1, 65536, 7], np.int32)):
+        index = tmp_path / "x.idx"
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype("<i8")
+        index.write_bytes(HEADER.pack(MAGIC, VERSION, 2, len(lengths)) + offsets.tobytes())
+        for block in (1, 3, 1 << 18):
+            read = read_lengths(index, len(lengths), block)
+            assert read.dtype == dtype and read.tolist() == lengths
+
+
 def test_a_damaged_id_file_is_named_with_the_fix(prepared, tmp_path):
     import shutil
 

@@ -105,7 +105,48 @@ class BatchPlan:
 
     def tokens(self, lengths: np.ndarray) -> np.ndarray:
         """The sum of `lengths` (one per pair) over each batch."""
-        return np.add.reduceat(np.asarray(lengths)[self.order], self.bounds[:-1]) if len(self) else np.zeros(0)
+        if not len(self):
+            return np.zeros(0, dtype=np.int64)
+        # int64 sums: lengths may be uint16 (tiekd.data.binarized), whose own sums would wrap
+        return np.add.reduceat(np.asarray(lengths)[self.order], self.bounds[:-1], dtype=np.int64)
+
+
+def length_order(source_lengths: np.ndarray, target_lengths: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """The pair indices sorted by (target length, source length, index): `sorted(range(n), key=...)`.
+
+    A counting sort on the key k = target * (longest source + 1) + source, written straight into an
+    int32 array (int64 from 2^31 pairs): a histogram of k gives each key's first slot, then each chunk
+    of pairs, in index order, fills its keys' next slots, which keeps equal keys in index order. Its
+    memory is that array (4 bytes a pair) plus per-chunk scratch, where np.lexsort returns int64 and
+    needs temporaries besides (measured at 4.5M pairs: 18 MB above its inputs for lexsort's result
+    alone). Keys beyond 2^24 (sentences of thousands of ids) fall back to np.lexsort.
+    """
+    count = len(target_lengths)
+    index_dtype = np.int32 if count < 2 ** 31 else np.int64
+    if not count:
+        return np.zeros(0, dtype=index_dtype)
+    width = int(source_lengths.max()) + 1
+    keys = (int(target_lengths.max()) + 1) * width
+    if keys > 1 << 24:
+        return np.lexsort((source_lengths, target_lengths)).astype(index_dtype)
+
+    def chunk_keys(start: int) -> np.ndarray:
+        return target_lengths[start:start + chunk].astype(np.int64) * width + source_lengths[start:start + chunk]
+
+    histogram = np.zeros(keys, dtype=np.int64)
+    for start in range(0, count, chunk):
+        histogram += np.bincount(chunk_keys(start), minlength=keys)
+    next_slot = np.cumsum(histogram) - histogram
+    order = np.empty(count, dtype=index_dtype)
+    for start in range(0, count, chunk):
+        key = chunk_keys(start)
+        within = np.argsort(key, kind="stable")
+        sorted_key = key[within]
+        # a pair's rank among the equal keys of its chunk: its sorted position minus its key's first one
+        rank = np.arange(len(key)) - np.searchsorted(sorted_key, sorted_key, side="left")
+        order[next_slot[sorted_key] + rank] = within + start
+        next_slot += np.bincount(key, minlength=keys)
+    return order
 
 
 def make_batches(corpus, max_tokens: int, chunk: int = 1 << 16) -> BatchPlan:
@@ -116,11 +157,7 @@ def make_batches(corpus, max_tokens: int, chunk: int = 1 << 16) -> BatchPlan:
     sorted lengths `chunk` at a time, so no list as long as the corpus is ever built.
     """
     source_lengths, target_lengths = corpus.source_lengths(), corpus.target_lengths()
-    # the order of sorted(key=(target length, source length, index)): lexsort is stable, and needs no
-    # combined key (measured: 18 MB above its inputs at 4.5M pairs, a stable argsort of an int64 key 53)
-    order = np.lexsort((source_lengths, target_lengths))
-    if len(order) < 2 ** 31:
-        order = order.astype(np.int32)
+    order = length_order(source_lengths, target_lengths)
     bounds, count, longest = [0], 0, 0
     for start in range(0, len(order), chunk):
         part = order[start:start + chunk]
