@@ -1,4 +1,4 @@
-"""Prepared data as memory-mapped token ids (tiekd/data/binarized.py) and the streamed `prepare`."""
+"""Prepared data as token ids on disk (tiekd/data/binarized.py) and the streamed `prepare`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tiekd.errors import TiekdError
 
 def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(prepared):
     from tiekd.data.batching import collate, encode_pair_files, make_batches
-    from tiekd.data.binarized import MappedCorpus, load_corpus
+    from tiekd.data.binarized import BinarizedCorpus, load_corpus
     from tiekd.data.prepare import load_prepared
     from tiekd.data.tokenizer import load_tokenizer
 
@@ -25,7 +25,7 @@ def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(pr
     for split in ("train", "valid"):
         mapped = load_corpus(data, data.splits[split], tokenizer, 512)
         encoded = encode_pair_files(tokenizer, *data.splits[split], 512)
-        assert isinstance(mapped, MappedCorpus) and len(mapped) == len(encoded)
+        assert isinstance(mapped, BinarizedCorpus) and len(mapped) == len(encoded)
         assert all(mapped.source(i).tolist() == encoded.sources[i] and mapped.target(i).tolist() == encoded.targets[i]
                    for i in range(len(encoded)))
         batches = make_batches(mapped, 1024)
@@ -33,6 +33,14 @@ def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(pr
         one, other = collate(mapped, batches[3]), collate(encoded, batches[3])
         assert torch.equal(one.input_ids, other.input_ids) and torch.equal(one.labels, other.labels)
         assert one.num_target_tokens == other.num_target_tokens
+    # a copy in another process (a pickled dataset, a forked loader) opens the files itself
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(mapped))
+    assert copy.sources._files is None and copy.target(5).tolist() == encoded.targets[5]
+    assert mapped.sources[-1].tolist() == encoded.sources[-1]
+    with pytest.raises(IndexError):
+        mapped.sources[len(mapped)]
     # cut to the model's positions as encoding cuts them, </s> kept last
     short = load_corpus(data, data.splits["train"], tokenizer, 6)
     longest = int(np.argmax(short.sources.lengths))

@@ -32,7 +32,7 @@ class EncodedCorpus:
     def __len__(self) -> int:
         return len(self.sources)
 
-    # the interface EncodedCorpus shares with tiekd.data.binarized.MappedCorpus (ids on disk)
+    # the interface EncodedCorpus shares with tiekd.data.binarized.BinarizedCorpus (ids on disk)
     def source(self, index: int) -> list[int]:
         return self.sources[index]
 
@@ -178,7 +178,7 @@ def epoch_order(num_batches: int, seed: int, epoch: int) -> list[int]:
 
 
 def collate(corpus, indices: list[int]) -> Batch:
-    """The padded batch of pairs `indices` of an EncodedCorpus or a MappedCorpus."""
+    """The padded batch of pairs `indices` of an EncodedCorpus or a BinarizedCorpus."""
     pad = corpus.pad_id
     sources = [corpus.source(i) for i in indices]
     targets = [corpus.target(i) for i in indices]
