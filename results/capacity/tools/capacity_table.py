@@ -1,0 +1,123 @@
+"""The capacity-gap table of issue 36: the `capacity` experiment's finished rows, plus tiny's rows from
+results/schedule_check, through the experiment report's own size view (tiekd.experiment.size_view).
+
+    python results/capacity/tools/capacity_table.py --experiment RUNS/capacity2 \\
+        --tiny-rows results/schedule_check --out results/capacity/table.md --plot results/capacity/gain_by_size.png
+
+Why a tool and not the report: tiny's No-KD, Word-KD and TIE-KD rows were trained by the schedule check
+(5,400 updates at lr 2e-3, the same released teacher and data), not by this experiment, and their weights
+were not kept. What they have is enough for the table: translations of the four test sets (pooled BLEU,
+chrF, paired approximate randomization against the same seed's baselines) and the run's metrics
+(core-hours, the convergence test). Top-1 agreement needs the weights, so tiny's is left empty ("–").
+Run it from the root of a checkout (the experiment file names its teacher relative to it); it reads only
+finished rows (those with a stage.json), so it gives the table so far while the experiment runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+
+# schedule_check's folder prefix -> (row name, baseline label): the capacity preset's names
+TINY_ROWS = {"no-kd": ("No-KD", "none", "No-KD"), "word-kd": ("Word-KD", "word-kd", "Word-KD"),
+             "tie-kd": ("TIE-KD", "tie-kd", None)}
+
+
+def experiment_rows(experiment: Path, config) -> list[dict]:
+    """The experiment's finished student rows, as its report builds them."""
+    from tiekd.experiment.stages import row_slug
+
+    rows = []
+    for spec, size, seed in config.student_runs():
+        folder = experiment / "students" / row_slug(spec.name, size, seed)
+        stage = folder / "stage.json"
+        if stage.is_file():
+            result = json.loads(stage.read_text())["result"]
+            rows.append({"name": spec.name, "method": spec.method, "baseline": spec.baseline_label, "size": size,
+                         "seed": seed, "folder": str(folder), **result})
+    return rows
+
+
+def tiny_rows(source: Path, config, tokenizer, staging: Path) -> list[dict]:
+    """schedule_check's 5,400-update tiny rows, staged as the size view reads a row folder: the
+    translations, run/metrics.jsonl and run/config.yaml, and a model/config.json for the parameter count."""
+    from tiekd.models import build_model
+
+    model_config = staging / "tiny-model"
+    build_model("tiny", tokenizer).config.save_pretrained(model_config)
+    rows = []
+    for folder in sorted(source.glob("*-tiny-seed*-5400")):
+        match = re.fullmatch(r"(.+)-tiny-seed(\d+)-5400", folder.name)
+        if match is None or match.group(1) not in TINY_ROWS:
+            continue
+        name, method, baseline = TINY_ROWS[match.group(1)]
+        staged = staging / folder.name
+        (staged / "run").mkdir(parents=True)
+        (staged / "model").mkdir()
+        shutil.copy(model_config / "config.json", staged / "model" / "config.json")
+        for test in config.test_sets:
+            shutil.copy(folder / f"{test}.hyp", staged / f"{test}.hyp")
+        for name_ in ("metrics.jsonl", "config.yaml"):
+            shutil.copy(folder / name_, staged / "run" / name_)
+        rows.append({"name": name, "method": method, "baseline": baseline, "size": "tiny",
+                     "seed": int(match.group(2)), "folder": str(staged), "scores": {},
+                     "analysis": {"top1_agreement": None}})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", type=Path, required=True, help="the capacity experiment's folder")
+    parser.add_argument("--tiny-rows", type=Path, help="results/schedule_check (tiny's No-KD, Word-KD, TIE-KD rows)")
+    parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
+    parser.add_argument("--plot", type=Path, help="the gain-by-size plot to write")
+    parser.add_argument("--json", type=Path, help="the table's lines as JSON")
+    args = parser.parse_args()
+
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.experiment import size_view
+    from tiekd.experiment.pipeline import load_experiment_config
+    from tiekd.experiment.report import POOLED, add_pooled_scores, add_significance, baseline_names, view_hyps, \
+        view_refs
+
+    config = load_experiment_config(None, str(args.experiment / "experiment.yaml"), check_data=False)
+    data = args.experiment / "data"
+    teacher = args.experiment / "teacher" / "eval"
+    table = {"teacher": {"model": str(ROOT / config.teacher_model), "folder": str(teacher),
+                         "scores": json.loads((teacher / "stage.json").read_text())["result"]},
+             "students": experiment_rows(args.experiment, config), "data": str(data)}
+    with tempfile.TemporaryDirectory() as staging:
+        if args.tiny_rows:
+            table["students"] += tiny_rows(args.tiny_rows, config, load_tokenizer(data / "tokenizer"), Path(staging))
+        refs = view_refs(data, config, POOLED)
+        for row in table["students"]:
+            if len(view_hyps(row["folder"], config, POOLED)) != len(refs):
+                raise SystemExit(f"{row['folder']}: its translations do not line up with {data}'s test sets")
+        add_pooled_scores(table, config)
+        add_significance(table, args.experiment, config)
+        lines = size_view.size_lines(table, POOLED)
+    where = "all four test sets pooled (3,532 sentences)"
+    plot = ""
+    baselines = baseline_names(table["students"])
+    if args.plot and baselines and size_view.plot_gains(lines, baselines[0], args.plot, where) is not None:
+        plot = args.plot.name
+    teacher_pooled = table["teacher"]["scores"][POOLED]
+    md = [f"Teacher: {teacher_pooled['bleu']:.2f} BLEU, {teacher_pooled['chrf']:.2f} chrF on {where}.", "",
+          *size_view.markdown(lines, baselines, where, plot)]
+    args.out.write_text("\n".join(md) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(lines, indent=1, default=str) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
