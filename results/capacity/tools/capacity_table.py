@@ -80,6 +80,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
     parser.add_argument("--plot", type=Path, help="the gain-by-size plot to write")
     parser.add_argument("--json", type=Path, help="the table's lines as JSON")
+    parser.add_argument("--teacher-model", type=Path,
+                        help="the teacher's model folder, where the experiment's own path (relative to the checkout "
+                             "it ran from) is not valid from here")
     args = parser.parse_args()
 
     from tiekd.data.tokenizer import load_tokenizer
@@ -91,7 +94,10 @@ def main() -> int:
     config = load_experiment_config(None, str(args.experiment / "experiment.yaml"), check_data=False)
     data = args.experiment / "data"
     teacher = args.experiment / "teacher" / "eval"
-    table = {"teacher": {"model": str(ROOT / config.teacher_model), "folder": str(teacher),
+    teacher_model = args.teacher_model or ROOT / config.teacher_model
+    if not (teacher_model / "config.json").is_file():
+        raise SystemExit(f"{teacher_model}: no model folder. Fix: name the teacher with --teacher-model")
+    table = {"teacher": {"model": str(teacher_model), "folder": str(teacher),
                          "scores": json.loads((teacher / "stage.json").read_text())["result"]},
              "students": experiment_rows(args.experiment, config), "data": str(data)}
     with tempfile.TemporaryDirectory() as staging:
