@@ -287,3 +287,30 @@ def test_download_checksum_mismatch_keeps_nothing(tmp_path, mirror):
     with pytest.raises(TiekdError, match=r"download failed.*404.*Fix"):
         multi30k.download_multi30k(dest, base_url=url + "/missing", checksums=checksums, log=None)
     assert list(dest.iterdir()) == []
+
+
+def test_text_is_read_in_blocks_with_the_same_lines_counts_and_errors_as_line_by_line(tmp_path):
+    """iter_text_lines reads blocks of whole lines; any block size gives the same lines, CRLF and stray
+    line-break counts and SHA-256, and a bad byte in a later block is named with its own line number."""
+    import hashlib
+
+    from tiekd.data.corpus import TextStats, iter_text_lines
+
+    raw = ("\ufeffEin Hund.\r\nZwei Hunde\n" + "Straße\u2028mit Bruch\n" + "".join(f"Zeile {i}\n" for i in range(50))
+           + "x\x0cy\r\n" + "letzte ohne Ende").encode("utf-8")
+    path = tmp_path / "t.de"
+    path.write_bytes(raw)
+    results = []
+    for block in (1, 7, 64, 1 << 22):
+        stats = TextStats(path)
+        lines = list(iter_text_lines(path, stats, block=block))
+        results.append((lines, stats.crlf_lines, stats.line_breaks_replaced, stats.sha256, stats.bytes))
+    assert all(result == results[0] for result in results)
+    lines, crlf, replaced, sha, size = results[0]
+    assert lines[:3] == ["Ein Hund.", "Zwei Hunde", "Straße mit Bruch"] and lines[-2:] == ["x y", "letzte ohne Ende"]
+    assert (crlf, replaced, sha, size) == (2, 2, hashlib.sha256(raw).hexdigest(), len(raw))
+    bad = raw.replace(b"Zeile 40", b"Zeile \xff0")
+    path.write_bytes(bad)
+    for block in (7, 1 << 22):
+        with pytest.raises(TiekdError, match=r"t\.de:44: invalid UTF-8 \(byte b'\\xff' at byte offset 6 of the line"):
+            list(iter_text_lines(path, block=block))
