@@ -125,7 +125,6 @@ class StoredIds:
         if index_path.stat().st_size != expected_index:
             raise input_error(index_path, f"{index_path.stat().st_size:,} bytes where {count:,} sentences need "
                               f"{expected_index:,} (truncated or damaged)", rebuild)
-        self._index_path, self._count = index_path, count
         tokens = int(np.fromfile(index_path, dtype="<i8", count=1, offset=HEADER.size + 8 * count)[0])
         if ids_path.stat().st_size != tokens * width:
             raise input_error(ids_path, f"{ids_path.stat().st_size:,} bytes where its index says {tokens:,} ids of "

@@ -83,8 +83,9 @@ def iter_text_lines(path: str | Path, stats: TextStats | None = None, block: int
 
     Read `block` bytes at a time (4 MiB): a block of whole lines that decodes as UTF-8 and has no
     stray line break is hashed, decoded and split at once, every other line is checked one by one
-    (`_checked_line`, the same errors with the same line numbers). This made `tiekd prepare`'s reading
-    pass about twice as fast on WMT-length text than a line-by-line loop (docs/RESULTS.md, section 6)."""
+    (`_checked_line`, the same errors with the same line numbers). Measured against a line-by-line loop:
+    one side of a 1M-pair WMT-length corpus in 2.41 s against 3.40 s, and prepare's reading pass at 4.5M
+    pairs in 12.1-13.5 s against 16.6 s (docs/RESULTS.md, section 6)."""
     path = check_text_file(path)
     stats = stats if stats is not None else TextStats(path)
     digest = hashlib.sha256()

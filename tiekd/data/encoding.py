@@ -46,12 +46,12 @@ def _marian_encoder(tokenizer, target: bool):
     vocabulary = tokenizer.target_encoder if target and tokenizer.separate_vocabs else tokenizer.encoder
     lookup = {**vocabulary, **tokenizer.added_tokens_encoder}  # the tokenizer looks added tokens up first
     unknown, end = vocabulary[tokenizer.unk_token], tokenizer.eos_token_id
-    marked = [str(t) for t in (*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder)]
+    marked = _written_specials(tokenizer)
 
     def encode(lines: list[str]) -> list[list[int]]:
         ids = [[lookup.get(piece, unknown) for piece in pieces] + [end]
                for pieces in model.encode(lines, out_type=str)]
-        special = [k for k, line in enumerate(lines) if line.startswith(">>") or any(m in line for m in marked)]
+        special = _special_lines(lines, marked)
         if special:
             for k, one in zip(special, _own_ids(tokenizer, [lines[k] for k in special], target)):
                 ids[k] = one
@@ -111,16 +111,26 @@ def _own_path_lines(lines: list[str], values: np.ndarray, piece_counts: np.ndarr
     at its start, or a written-out special token. Found in numpy and in the chunk's joined text, not
     line by line in Python: this scan was 10-25% of `tiekd prepare`'s encoding time, and it finds
     nothing in almost every chunk."""
-    hits: set[int] = set()
+    hits = set(_special_lines(lines, marked))
     if unk is not None:
         positions = np.flatnonzero(values == unk)
         if len(positions):
             hits.update(np.searchsorted(np.cumsum(piece_counts), positions, side="right").tolist())
-    markers = set(marked)
-    text = "\n".join(lines)
-    if text.startswith(">>") or "\n>>" in text or any(m in text for m in markers):
-        hits.update(k for k, line in enumerate(lines) if line.startswith(">>") or any(m in line for m in markers))
     return sorted(hits)
+
+
+def _special_lines(lines: list[str], marked: list[str]) -> list[int]:
+    """Indices of the lines that start with a language code (">>xx<<") or hold a written-out special
+    token; the chunk's joined text is searched first, and lines one by one only when it has a hit."""
+    text = "\n".join(lines)
+    if not (text.startswith(">>") or "\n>>" in text or any(m in text for m in marked)):
+        return []
+    return [k for k, line in enumerate(lines) if line.startswith(">>") or any(m in line for m in marked)]
+
+
+def _written_specials(tokenizer) -> list[str]:
+    """The special and added tokens' texts, each once (a line that writes one out takes the exact path)."""
+    return list(dict.fromkeys(str(t) for t in (*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder)))
 
 
 def _spm_id_map(tokenizer, target: bool):
@@ -134,6 +144,5 @@ def _spm_id_map(tokenizer, target: bool):
         unknown = vocabulary[tokenizer.unk_token]
         id_map = np.array([lookup.get(model.id_to_piece(i), unknown) for i in range(model.get_piece_size())],
                           dtype=np.int64)
-        marked = [str(t) for t in (*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder)]
-        cache[target] = (model, id_map, model.unk_id(), marked)
+        cache[target] = (model, id_map, model.unk_id(), _written_specials(tokenizer))
     return cache[target]
