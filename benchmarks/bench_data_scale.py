@@ -7,7 +7,8 @@ For each size a synthetic corpus of WMT-like sentence lengths is built from Mult
 Multi30k pairs joined), then, each in a fresh process with its peak resident memory (ru_maxrss):
   - `tiekd prepare` of this checkout, and of OLD_CHECKOUT (a git worktree of an earlier commit) where given;
   - SentencePiece's own encoding of the same training lines with the same tokenizer on all cores, the
-    floor for prepare's work beyond training the tokenizer;
+    floor for prepare's work beyond training the tokenizer; both `--prepare-repeats` times (medians) at
+    sizes up to `--prepare-repeats-max-pairs`;
   - `tiekd train` for 3 updates of a `micro` model on the prepared folder, `--train-repeats` times: seconds
     and peak memory of the whole run, and the seconds, RSS and peak RSS at the moment its corpus is open and
     its batches planned (what the corpus costs before the first update); medians, with every run's peak;
@@ -92,6 +93,34 @@ def repeated_train(code: Path, argv: list[str], cwd: Path, run_dir: Path, repeat
         runs.append(measured(code, argv, cwd))
     summary = {key: round(statistics.median(run[key] for run in runs), 2) for key in runs[0]}
     summary["peak_rss_mb_runs"] = [run["peak_rss_mb"] for run in runs]
+    return summary
+
+
+def repeated_prepare(code: Path, argv: list[str], cwd: Path, out: Path, repeats: int,
+                     floor_lines: tuple[Path, Path] | None) -> dict:
+    """`tiekd prepare` `repeats` times into a fresh `out`, each followed by SentencePiece's own encoding of
+    the same training lines (`floor_lines`) with the tokenizer it trained: median seconds, phases and floor,
+    the highest peak, and every run's (beyond the tokenizer, floor) pair. At 30k pairs both are under a
+    second and one run's ratio moved between 1.8x and 2.2x on a quiet machine."""
+    import statistics
+
+    runs = []
+    for _ in range(repeats):
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        run = measured(code, argv, cwd)
+        run["phases"] = json.loads((out / "meta.json").read_text()).get("seconds", {})
+        if floor_lines is not None:
+            run["spm_encode_s"] = spm_floor(out / "tokenizer", *floor_lines)
+        runs.append(run)
+    summary = {"seconds": round(statistics.median(run["seconds"] for run in runs), 2),
+               "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+               "phases": {key: round(statistics.median(run["phases"][key] for run in runs), 2)
+                          for key in runs[0]["phases"]},
+               "runs": [{"prepare_s": run["seconds"], "peak_rss_mb": run["peak_rss_mb"], "beyond_tokenizer_s":
+                         beyond({"prepare_phases_s": run["phases"]}), "spm_encode_s": run.get("spm_encode_s")}
+                        for run in runs]}
+    if floor_lines is not None:
+        summary["spm_encode_s"] = round(statistics.median(run["spm_encode_s"] for run in runs), 2)
     return summary
 
 
@@ -186,6 +215,10 @@ def main() -> int:
     parser.add_argument("--train-repeats", type=int, default=3,
                         help="train this many times at each size and report medians (identical runs' peaks differ "
                              "by up to ~190 MB here: the updates' temporaries)")
+    parser.add_argument("--prepare-repeats", type=int, default=3,
+                        help="prepare (and measure SentencePiece's floor) this many times at each size up to "
+                             "--prepare-repeats-max-pairs and report medians: small sizes' sub-second phases are noisy")
+    parser.add_argument("--prepare-repeats-max-pairs", type=int, default=1_000_000)
     parser.add_argument("--ranks", type=int, default=0,
                         help="also train with this many torchrun ranks on the smallest and largest size and report "
                              "each rank's peak private memory (USS) and PSS")
@@ -202,22 +235,24 @@ def main() -> int:
                 continue
             out = args.work / f"prepared-{name}-{pairs}"
             subprocess.run(["rm", "-rf", str(out), str(args.work / f"run-{name}-{pairs}")], check=True)
-            prepare = measured(code, ["prepare", "--train", str(src), str(tgt), "--valid", *valid, "--vocab-size",
-                                      "8000", "--out", str(out)], args.work)
+            repeats = args.prepare_repeats if name == "new" and pairs <= args.prepare_repeats_max_pairs else 1
+            prepare = repeated_prepare(code, ["prepare", "--train", str(src), str(tgt), "--valid", *valid,
+                                              "--vocab-size", "8000", "--out", str(out)], args.work, out,
+                                       repeats, (src, tgt) if name == "new" else None)
             run_dir = args.work / f"run-{name}-{pairs}"
             train = repeated_train(code, ["train", "--data", str(out), "--out", str(run_dir), "--model", "micro",
                                           "--max-updates", "3", "--valid-every", "1000", "--save-every", "1000",
                                           "--max-tokens", "4096", "--no-valid-bleu", "--valid-max-sentences", "10"],
                                    args.work, run_dir, args.train_repeats)
-            phases = json.loads((out / "meta.json").read_text()).get("seconds", {})
             row[name] = {"prepare_s": prepare["seconds"], "prepare_peak_rss_mb": prepare["peak_rss_mb"],
-                         "prepare_phases_s": phases,
+                         "prepare_phases_s": prepare["phases"],
+                         **({"prepare_runs": prepare["runs"]} if len(prepare["runs"]) > 1 else {}),
                          "train_3_updates_s": train["seconds"], "train_peak_rss_mb": train["peak_rss_mb"],
                          "train_peak_rss_mb_runs": train["peak_rss_mb_runs"],
                          **{f"train_{key}": train[key] for key in ("opened_s", "opened_rss_mb", "opened_peak_rss_mb")
                             if key in train}}
             if name == "new":
-                row["spm_encode_s"] = spm_floor(out / "tokenizer", src, tgt)
+                row["spm_encode_s"] = prepare["spm_encode_s"]
             print(json.dumps({"pairs": pairs, name: row[name]}), flush=True)
         results.append(row)
     print(f"{'pairs':>9} {'MB':>6}  {'prepare new s':>13} {'RSS MB':>7}  {'old s':>6} {'RSS MB':>7}  {'spm s':>6}  "
@@ -229,6 +264,10 @@ def main() -> int:
               f"{beyond(r['new']):>13}  "
               f"{r['new']['train_3_updates_s']:>11} {r['new']['train_peak_rss_mb']:>7}  "
               f"{old.get('train_3_updates_s', '-'):>6} {old.get('train_peak_rss_mb', '-'):>7}")
+    for r in results:
+        if "prepare_runs" in r["new"]:
+            print(f"{r['pairs']:>9,} prepare runs, beyond the tokenizer / SentencePiece alone: " + ", ".join(
+                f"{run['beyond_tokenizer_s']}/{run['spm_encode_s']} s" for run in r["new"]["prepare_runs"]))
     print("train, medians of the repeats: seconds to the planned batches, RSS then, peak RSS up to then; every "
           "run's peak")
     for r in results:
