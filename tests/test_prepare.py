@@ -289,6 +289,19 @@ def test_download_checksum_mismatch_keeps_nothing(tmp_path, mirror):
     assert list(dest.iterdir()) == []
 
 
+@pytest.mark.parametrize("char", list("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))
+def test_every_character_splitlines_breaks_at_is_replaced_inside_a_block(tmp_path, char):
+    """The block path's quick scan and the line-by-line path agree on every character str.splitlines()
+    would break a line at (\\r is the CRLF test's): the line keeps a space there and is counted."""
+    from tiekd.data.corpus import _BREAK_CHARS, TextStats, iter_text_lines
+
+    assert set(_BREAK_CHARS) == {c for c in map(chr, range(0x3000)) if len(f"a{c}b".splitlines()) == 2} - {"\n"}
+    path = tmp_path / "t.de"
+    path.write_text("eins\n" + f"zwei{char}drei\n" + "vier\n", encoding="utf-8")
+    stats = TextStats(path)
+    assert list(iter_text_lines(path, stats)) == ["eins", "zwei drei", "vier"] and stats.line_breaks_replaced == 1
+
+
 def test_text_is_read_in_blocks_with_the_same_lines_counts_and_errors_as_line_by_line(tmp_path):
     """iter_text_lines reads blocks of whole lines; any block size gives the same lines, CRLF and stray
     line-break counts and SHA-256, and a bad byte in a later block is named with its own line number."""

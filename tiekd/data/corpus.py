@@ -19,7 +19,8 @@ from pathlib import Path
 from ..errors import TiekdError, input_error
 
 # characters that Python's str.splitlines() or universal-newline reading would treat as a line end
-_INNER_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_BREAK_CHARS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_INNER_BREAKS = re.compile(f"[{_BREAK_CHARS}]")
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -108,7 +109,9 @@ def iter_text_lines(path: str | Path, stats: TextStats | None = None, block: int
                 text = whole.decode("utf-8")
             except UnicodeDecodeError:
                 text = None
-            if text is not None and not _INNER_BREAKS.search(text):
+            # one `in` per character (a C scan each) finds none in a 44 MB block in 0.06 s; the regex's
+            # character class took 0.19-0.26 s, about a quarter of prepare's reading pass
+            if text is not None and not any(char in text for char in _BREAK_CHARS):
                 lines = text.split("\n")[:-1]
                 number, offset = number + len(lines), offset + len(whole)
                 yield from lines

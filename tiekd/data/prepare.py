@@ -368,14 +368,27 @@ def _clean(build: Path, stem: str, pairs, counts: SplitCounts, src_lang: str, tg
         writes.write_point(paths[0])
         with open(paths[0], "w", encoding="utf-8", newline="\n") as sources, \
                 open(paths[1], "w", encoding="utf-8", newline="\n") as targets:
+            kept_sources, kept_targets = [], []
             for _, s, t in pairs:
                 # very long raw lines go before the tokenizer sees them (SentencePiece would skip them anyway)
-                if max_chars is not None and max(len(s), len(t)) > max_chars:
+                if max_chars is not None and (len(s) > max_chars or len(t) > max_chars):
                     counts.filtered["chars"] = counts.filtered.get("chars", 0) + 1
                     counts.kept -= 1
                     continue
-                sources.write(s + "\n")
-                targets.write(t + "\n")
+                kept_sources.append(s)
+                kept_targets.append(t)
+                if len(kept_sources) == CHUNK:  # one write a chunk: a write a line was a third of this pass
+                    _write_lines(sources, kept_sources)
+                    _write_lines(targets, kept_targets)
+            _write_lines(sources, kept_sources)
+            _write_lines(targets, kept_targets)
+
+
+def _write_lines(handle, lines: list[str]) -> None:
+    """Write `lines` one a line and empty the list."""
+    if lines:
+        handle.write("\n".join(lines) + "\n")
+        lines.clear()
 
 
 def _chunks(sources: Path, targets: Path, size: int = CHUNK):
