@@ -204,6 +204,17 @@ def ranks_memory(data: Path, out: Path, ranks: int) -> list[dict]:
     return [{"uss_mb": round(u / 1e6, 1), "pss_mb": round(p / 1e6, 1)} for u, p in peaks.values()]
 
 
+def repeated_ranks_memory(data: Path, out: Path, ranks: int, repeats: int) -> dict:
+    """`ranks_memory` `repeats` times: each rank's median peak USS and PSS, the ranks sorted by USS within
+    each run (which process is which rank is not stable), and every run's figures."""
+    import statistics
+
+    runs = [sorted(ranks_memory(data, out, ranks), key=lambda rank: rank["uss_mb"]) for _ in range(repeats)]
+    medians = [{key: round(statistics.median(run[k][key] for run in runs), 1) for key in ("uss_mb", "pss_mb")}
+               for k in range(ranks)]
+    return {"ranks": medians, "runs": runs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="30000,300000,1000000")
@@ -222,8 +233,8 @@ def main() -> int:
                              "--prepare-repeats-max-pairs and report medians: small sizes' sub-second phases are noisy")
     parser.add_argument("--prepare-repeats-max-pairs", type=int, default=1_000_000)
     parser.add_argument("--ranks", type=int, default=0,
-                        help="also train with this many torchrun ranks on the smallest and largest size and report "
-                             "each rank's peak private memory (USS) and PSS")
+                        help="also train with this many torchrun ranks on the smallest and largest size, "
+                             "--train-repeats times, and report each rank's median peak private memory (USS) and PSS")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     codes = {"new": here, **({"old": args.old_code.resolve()} if args.old_code else {})}
@@ -281,9 +292,10 @@ def main() -> int:
     if args.ranks:
         ranked = {}
         for pairs in (results[0]["pairs"], results[-1]["pairs"]):
-            ranked[pairs] = ranks_memory(args.work / f"prepared-new-{pairs}", args.work / f"ranks-{pairs}", args.ranks)
-            print(f"{pairs:,} pairs, {args.ranks} torchrun ranks: " + "; ".join(
-                f"rank USS {r['uss_mb']} MB, PSS {r['pss_mb']} MB" for r in ranked[pairs]), flush=True)
+            ranked[pairs] = repeated_ranks_memory(args.work / f"prepared-new-{pairs}", args.work / f"ranks-{pairs}",
+                                                  args.ranks, args.train_repeats)
+            print(f"{pairs:,} pairs, {args.ranks} torchrun ranks, medians of {args.train_repeats}: " + "; ".join(
+                f"rank USS {r['uss_mb']} MB, PSS {r['pss_mb']} MB" for r in ranked[pairs]["ranks"]), flush=True)
         results.append({"torchrun_ranks": args.ranks, "peaks": {str(k): v for k, v in ranked.items()}})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
