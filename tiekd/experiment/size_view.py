@@ -198,7 +198,8 @@ def plot_gains(lines: list[dict], baseline: str, path: Path, where: str) -> Path
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("student parameters (log scale)")
-    ax.set_ylabel(f"BLEU gain over {baseline} ({where})")
+    ax.set_ylabel(f"BLEU gain over {baseline}")
+    ax.set_title(where, fontsize=9)  # the test sets; too long for the y axis, where it was cut off
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
