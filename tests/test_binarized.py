@@ -155,6 +155,36 @@ def test_a_second_prepare_into_a_folder_being_written_is_refused(tmp_path, multi
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(TiekdError, match=re.escape(f"{out}: another `tiekd prepare` is writing this folder")):
             prepare_data(out, **files, vocab_size=300, verbose=False)
+        # the refused one left the holder's lock file in place, so a third is refused too
+        assert (tmp_path / ".data.lock").exists()
+        with pytest.raises(TiekdError, match="another `tiekd prepare` is writing this folder"):
+            prepare_data(out, **files, vocab_size=300, verbose=False)
     assert not out.exists()
     prepare_data(out, **files, vocab_size=300, verbose=False)
     assert prepare_data(out, **files, vocab_size=300, verbose=False) == out  # the same again: a no-op
+
+
+def test_the_prepare_lock_is_retaken_when_its_file_was_removed_under_it(tmp_path, monkeypatch):
+    """A process that locks a lock file its holder removed a moment before holds nothing: it must lock
+    the file now under that name (else two prepares could write one folder)."""
+    import fcntl as real_fcntl
+
+    from tiekd.data import prepare as prepare_module
+
+    out, lock = tmp_path / "data", tmp_path / ".data.lock"
+    calls = []
+    original = real_fcntl.flock
+
+    def flock_after_the_holder_left(handle, flags):
+        calls.append(handle.fileno())
+        if len(calls) == 1:  # the holder removes the file between our open and our lock
+            lock.unlink()
+        return original(handle, flags)
+
+    monkeypatch.setattr(real_fcntl, "flock", flock_after_the_holder_left)
+    with prepare_module._only_writer(out):
+        assert len(calls) == 2 and lock.exists()
+        monkeypatch.setattr(real_fcntl, "flock", original)
+        with open(lock, "a+") as other, pytest.raises(BlockingIOError):
+            original(other, real_fcntl.LOCK_EX | real_fcntl.LOCK_NB)  # the lock on the file under the name is held
+    assert not lock.exists()

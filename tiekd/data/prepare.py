@@ -275,20 +275,33 @@ def _hashed(files) -> dict:
 
 @contextlib.contextmanager
 def _only_writer(out_dir: Path):
-    """Refuse a second `prepare` into a folder another one is writing at this moment (an flock beside it)."""
+    """Refuse a second `prepare` into a folder another one is writing at this moment (an flock beside it).
+
+    Only the holder removes the lock file, while it still holds it. A process that opened the file just
+    before its holder removed it would lock a file no longer under that name, so the lock counts only if
+    the name still leads to the locked file; otherwise it is taken again on the file now there."""
     import fcntl
+    import os
 
     lock = out_dir.parent / f".{out_dir.name}.lock"
-    with writes.guarded(lock):
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a+")
-    try:
+    while True:
+        with writes.guarded(lock):
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()  # refused: the lock file is the holder's, left in place
             raise TiekdError(f"{out_dir}: another `tiekd prepare` is writing this folder right now. Fix: wait for it "
                              "to finish (a rerun of the same preparation is then a no-op), or choose another --out") \
                 from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file its holder had just removed: take the lock on the new one
+    try:
         yield
     finally:
         lock.unlink(missing_ok=True)
