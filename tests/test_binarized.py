@@ -47,6 +47,44 @@ def test_the_mapped_corpus_gives_the_ids_and_batches_of_encoding_at_the_start(pr
     assert short.source(longest).tolist() == encode_pair_files(tokenizer, *data.splits["train"], 6).sources[longest]
 
 
+def test_a_file_a_run_writes_gets_its_ids_stored_beside_it_once(prepared, tmp_path, monkeypatch):
+    """Sequence-level KD's targets (a text file a run writes) are encoded once into ids beside them, read
+    as encoding them would give; a changed or half-written file's ids do not count and are made again."""
+    import os
+    import shutil
+
+    from tiekd.data import binarized
+    from tiekd.data.batching import encode_pair_files
+    from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
+
+    data = load_prepared(prepared)
+    tokenizer = load_tokenizer(data.tokenizer_dir)
+    source, target = data.splits["valid"]
+    hyp = tmp_path / "seqkd" / "train.hyp"
+    hyp.parent.mkdir()
+    shutil.copy(target, hyp)
+    monkeypatch.setattr(binarized, "BESIDE_CHUNK", 7)  # several chunks
+    assert binarized.load_corpus(data, (source, hyp), tokenizer, 512).__class__.__name__ == "EncodedCorpus"
+    record = binarized.binarize_beside(hyp, tokenizer, target=True)
+    assert binarized.record_beside(hyp, len(tokenizer), target=True) == record
+    assert binarized.record_beside(hyp, len(tokenizer), target=False) is None  # the other side's model
+    stored = binarized.load_corpus(data, (source, hyp), tokenizer, 512)
+    encoded = encode_pair_files(tokenizer, source, hyp, 512)
+    assert isinstance(stored, binarized.BinarizedCorpus)
+    assert [stored.target(i).tolist() for i in range(len(stored))] == encoded.targets
+    # the file changed after its ids were written (size or time): its ids no longer count
+    hyp.write_text(hyp.read_text(encoding="utf-8").replace("a", "b", 1), encoding="utf-8")
+    os.utime(hyp, ns=(1, 1))
+    assert binarized.record_beside(hyp, len(tokenizer), target=True) is None
+    # an interrupted write: the record is removed first, so half-written ids never look current
+    monkeypatch.setattr(binarized.IdsWriter, "close", lambda self: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        binarized.binarize_beside(hyp, tokenizer, target=True)
+    assert not (tmp_path / "seqkd" / "train.hyp.ids.json").exists()
+    assert binarized.record_beside(hyp, len(tokenizer), target=True) is None
+
+
 def test_the_length_order_is_the_stable_sort_by_target_then_source_length():
     """The counting sort's order equals sorted(key=(target length, source length, index)) for any chunking,
     in int32, and sentences too long for its key table go through lexsort to the same order."""

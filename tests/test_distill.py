@@ -214,7 +214,13 @@ def test_seq_kd_method_end_to_end(prepared, teacher_dir, tmp_path):
     assert len(hyps) == len(sources) == 100
     assert (out / "seqkd" / "shards-work" / "teacher-ct2" / "model.bin").is_file()  # CTranslate2 decoded them
     # the training targets are the teacher's translations, not the references
-    assert trainer.train_corpus.targets == encode_texts(trainer.tokenizer, hyps)
+    # ...read from ids stored beside them once, not encoded again at every start
+    from tiekd.data.binarized import BinarizedCorpus
+
+    assert isinstance(trainer.train_corpus, BinarizedCorpus)
+    assert (out / "seqkd" / "train.hyp.ids").is_file() and (out / "seqkd" / "train.hyp.ids.json").is_file()
+    stored = trainer.train_corpus.targets
+    assert [stored[i].tolist() for i in range(len(stored))] == encode_texts(trainer.tokenizer, hyps)
     assert sum(h != r for h, r in zip(hyps, references)) > 0.9 * len(hyps)
     # CTranslate2 decoded them from the teacher's folder: the run holds no PyTorch teacher
     assert trainer.teacher is None

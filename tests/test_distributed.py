@@ -307,3 +307,19 @@ def test_experiment_trains_each_stage_on_n_processes(tmp_path, multi30k):
         assert (out / stage / "stage-run.yaml").is_file() and (out / stage / "model" / "model.safetensors").is_file()
     assert done.stdout.count("training on 2 processes (torchrun)") == 3
     assert done.stdout.count("x 2 processes") >= 3  # each stage's trainer reports its world
+
+
+def test_sequence_level_kd_targets_get_their_ids_stored_once_under_torchrun(prepared, teacher_dir, tmp_path):
+    """Two ranks decode their shares of the teacher's targets; rank 0 alone stores their ids beside them
+    while the other waits (all ranks decide alike whether to), and a resumed run reads those ids."""
+    out = tmp_path / "run"
+    args = ["distill", "--data", str(prepared), "--out", str(out), "--model", "micro", "--device", "cpu",
+            "--method", "seq-kd", "--teacher", str(teacher_dir), "--train-split", "valid", "--seq-kd-beam", "1",
+            "--max-tokens", "1024", "--no-valid-bleu", "--valid-every", "100", "--save-every", "2"]
+    run_to_end(TORCHRUN + args + ["--max-updates", "2"], cwd=tmp_path)
+    record = out / "seqkd" / "train.hyp.ids.json"
+    assert record.is_file() and (out / "seqkd" / "train.hyp.ids").is_file()
+    written = record.stat().st_mtime_ns
+    run_to_end(TORCHRUN + args + ["--max-updates", "3", "--resume"], cwd=tmp_path)
+    assert record.stat().st_mtime_ns == written  # current ids: not made again
+    assert [r["step"] for r in records(out, "train")][-1] == 3

@@ -223,17 +223,19 @@ def verify(text_path: Path, record: dict) -> str | None:
 
 
 def load_corpus(prepared, files: tuple[Path, Path], tokenizer, max_positions: int):
-    """The pairs of two text files of a prepared folder: read from disk as needed when `tiekd prepare` binarized
-    them (meta.json's "binarized"), else encoded now as before (folders from before binarizing, and
-    sequence-level KD's targets, which a run writes itself)."""
+    """The pairs of two text files: read from disk as needed when their ids are stored (a prepared folder's
+    files that `tiekd prepare` binarized, meta.json's "binarized"; or a file with current ids beside it,
+    `binarize_beside`, as sequence-level KD's targets), else encoded now as before (folders from before
+    binarizing)."""
     from .batching import encode_pair_files
 
     records = (prepared.meta.get("binarized", {}) if prepared is not None else {})
     found = {}
-    for path in files:
-        path = Path(path)
+    for side, path in enumerate(map(Path, files)):
         if prepared is not None and path.parent.resolve() == Path(prepared.path).resolve():
             found[path] = records.get(path.name)
+        else:
+            found[path] = record_beside(path, len(tokenizer), target=side == 1)
     if len(found) == 2 and all(found.values()):
         source, target = (StoredIds(path, found[path]) for path in files)
         if len(source) != len(target):
@@ -249,3 +251,54 @@ def load_corpus(prepared, files: tuple[Path, Path], tokenizer, max_positions: in
                               "(`tiekd prepare --max-tokens`)", stacklevel=2)
         return BinarizedCorpus(source, target, tokenizer.pad_token_id, tokenizer.eos_token_id, max_positions)
     return encode_pair_files(tokenizer, *files, max_positions)
+
+
+# --- ids beside a text file a run writes itself (sequence-level KD's teacher targets) ---------------------
+
+BESIDE_SUFFIX = ".ids.json"  # <text>.ids.json: which text the .ids/.idx beside it encode, written last
+BESIDE_CHUNK = 10_000  # lines encoded and written at a time
+
+
+def record_beside(text_path: Path, vocab_size: int, target: bool) -> dict | None:
+    """The record of the ids written beside `text_path` by `binarize_beside`, if they encode the text as
+    it is now: its size and modification time, the vocabulary size and side are those recorded (checked in
+    constant time); else None."""
+    text_path = Path(text_path)
+    record_path = text_path.with_name(text_path.name + BESIDE_SUFFIX)
+    try:
+        import json
+
+        record = json.loads(record_path.read_text())
+        stat = text_path.stat()
+    except (OSError, ValueError):
+        return None
+    current = {"text_bytes": stat.st_size, "text_mtime_ns": stat.st_mtime_ns, "vocab_size": vocab_size,
+               "target": target}
+    return record if all(record.get(key) == value for key, value in current.items()) else None
+
+
+def binarize_beside(text_path: Path, tokenizer, target: bool) -> dict:
+    """Encode a text file a run wrote itself (e.g. `seqkd/train.hyp`) once, a chunk of lines at a time, into
+    `.ids`/`.idx` beside it, so that every later start reads its ids from disk instead of encoding the
+    whole file into Python lists again. The lines are `tiekd.io.iter_lines`' (those `encode_pair_files`
+    reads) and the ids `encode_flat`'s (those of `encode_texts`).
+
+    The record (`<text>.ids.json`) is removed first and written last, atomically: ids left half-written
+    by an interrupted run never look current, and the next start encodes them again."""
+    import itertools
+
+    from ..io import iter_lines
+    from .encoding import encode_flat
+
+    text_path = Path(text_path)
+    record_path = text_path.with_name(text_path.name + BESIDE_SUFFIX)
+    record_path.unlink(missing_ok=True)
+    stat = text_path.stat()
+    writer = IdsWriter(text_path, len(tokenizer))
+    lines = iter_lines(text_path)
+    while chunk := list(itertools.islice(lines, BESIDE_CHUNK)):
+        writer.add(*encode_flat(tokenizer, chunk, target=target))
+    record = {**writer.close(), "text_bytes": stat.st_size, "text_mtime_ns": stat.st_mtime_ns,
+              "vocab_size": len(tokenizer), "target": target}
+    writes.atomic_write_json(record_path, record)
+    return record

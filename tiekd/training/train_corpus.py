@@ -35,16 +35,38 @@ def teacher_targets_file(out: Path) -> Path:
 
 
 def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: DistInfo,
-                        quiet: bool) -> tuple[Path, Path]:
+                        quiet: bool, tokenizer=None) -> tuple[Path, Path]:
     """(source, target) files of the training split; with sequence-level KD the target file is the
-    teacher's translations (`out/seqkd/train.hyp`; every rank takes part in decoding them). `teacher` is
-    the loaded teacher, needed only by the pytorch engine."""
+    teacher's translations (`out/seqkd/train.hyp`; every rank takes part in decoding them), whose ids are
+    then stored beside it once (with `tokenizer`), so that no start encodes them again. `teacher` is the
+    loaded teacher, needed only by the pytorch engine."""
     source, target = split_files(prepared, config.train_split)
     if not uses_teacher_targets(config):
         return source, target
     hyp = teacher_targets_file(out)
-    if hyp.is_file():  # a resumed run keeps its targets
-        return source, hyp
+    if not hyp.is_file():  # a resumed run keeps its targets
+        _decode_teacher_targets(config, source, target, hyp, teacher, dist, quiet)
+    if tokenizer is not None:
+        _store_ids_beside(hyp, tokenizer, dist)
+    return source, hyp
+
+
+def _store_ids_beside(hyp: Path, tokenizer, dist: DistInfo) -> None:
+    """Rank 0 writes the targets' ids beside them unless current ones are there; the others wait for it."""
+    from ..data.binarized import binarize_beside, record_beside
+    from .distributed import open_long_waits, wait_for_all
+
+    open_long_waits(dist)  # encoding tens of millions of lines takes minutes: past the default group's wait
+    needed = record_beside(hyp, len(tokenizer), target=True) is None
+    wait_for_all(dist)  # every rank has looked before rank 0 writes, so all decide alike
+    if needed:
+        if dist.is_main:
+            binarize_beside(hyp, tokenizer, target=True)
+        wait_for_all(dist)
+
+
+def _decode_teacher_targets(config: RunConfig, source: Path, target: Path, hyp: Path, teacher, dist: DistInfo,
+                            quiet: bool) -> None:
     work = hyp.parent
     from ..inference.distilled_data import DistillationOptions, build_distilled_data
 
@@ -54,4 +76,3 @@ def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: D
     build_distilled_data(config.teacher, source, hyp, target if config.seq_kd_select == "chrf" else None,
                          work_dir=work / "shards-work", options=options, quiet=quiet, dist=dist,
                          model=teacher if config.seq_kd_engine == "pytorch" else None)
-    return source, hyp

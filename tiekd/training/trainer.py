@@ -94,7 +94,8 @@ class Trainer:
         self.unsharded = UnshardedStudent(self.student, self.device, self.fsdp)
 
         max_positions = self.student.config.max_position_embeddings
-        train_files = training_pair_files(config, self.prepared, self.teacher, self.out, self.dist, self.quiet)
+        train_files = training_pair_files(config, self.prepared, self.teacher, self.out, self.dist, self.quiet,
+                                          self.tokenizer)
         if not online:
             self.teacher = None  # it has decoded the targets: training needs its memory more
         self.train_corpus = load_corpus(self.prepared, train_files, self.tokenizer, max_positions)
