@@ -242,3 +242,52 @@ def head_line(hf_corpus):
     import datasets
 
     return datasets.load_from_disk(str(hf_corpus))["test2"][0]["translation"]["en"]
+
+
+SACREBLEU_LOOKUP = """
+import json, sys, urllib.error, urllib.request
+
+
+def offline(*args, **kwargs):  # the test never touches the network: a download fails as offline
+    raise urllib.error.URLError("offline (test)")
+
+
+urllib.request.urlopen = offline
+from tiekd.data.source import DataProblem, read_source
+
+try:
+    source = read_source(json.loads(sys.argv[1]), None, "de", "en")
+    print("FILES", *source.splits["newstest"])
+except DataProblem as problem:
+    print("PROBLEM", problem)
+"""
+
+
+@pytest.mark.parametrize("name, found", [("wmt14", "files"), ("wmt13", "not cached"), ("newstest2099", "unknown")])
+def test_a_test_set_named_by_sacrebleu_is_read_from_its_cache(tmp_path, multi30k, name, found):
+    """`tests: {newstest: {sacrebleu: wmt14}}` gives sacreBLEU's own cached source and reference files of the
+    language pair; a set missing from the cache (offline) or a name sacreBLEU does not know is a clear
+    problem with the fix."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "sacrebleu"
+    (cache / "wmt14").mkdir(parents=True)
+    for field in ("src", "ref", "docid", "genre", "origlang"):  # what sacreBLEU writes for wmt14 de-en
+        (cache / "wmt14" / f"wmt14.de-en.{field}").write_text("Ein Satz.\n" if field == "src" else "A sentence.\n")
+    data = {"train": [str(multi30k / "val.de"), str(multi30k / "val.en")],
+            "valid": [str(multi30k / "val.de"), str(multi30k / "val.en")], "tests": {"newstest": {"sacrebleu": name}}}
+    env = {**os.environ, "SACREBLEU": str(cache)}
+    done = subprocess.run([sys.executable, "-c", SACREBLEU_LOOKUP, json.dumps(data)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if found == "files":
+        assert done.stdout.split() == ["FILES", str(cache / "wmt14" / "wmt14.de-en.src"),
+                                       str(cache / "wmt14" / "wmt14.de-en.ref")]
+    elif found == "not cached":
+        assert done.stdout.startswith("PROBLEM") and "not in its cache" in done.stdout, done.stdout
+        assert "URLError" in done.stdout and "sacrebleu -t wmt13 -l de-en --echo src" in done.stdout
+    else:
+        assert done.stdout.startswith("PROBLEM") and "sacreBLEU has no test set 'newstest2099'" in done.stdout
+        assert "sacrebleu --list" in done.stdout

@@ -6,7 +6,9 @@
     data:                           your own files; each split is [SOURCE, TARGET] or one TSV file
       train: corpus.tsv
       valid: [dev.de, dev.en]
-      tests: {news: [news.de, news.en], web: web.tsv}
+      tests: {news: [news.de, news.en], web: web.tsv, newstest2014: {sacrebleu: wmt14}}
+                                    ({sacrebleu: NAME}: sacreBLEU's test set NAME from its cache,
+                                    tiekd/data/sacrebleu_sets.py)
     data: {prepared: DIR}           a folder written by `tiekd prepare`
     data:                           a Hugging Face `datasets` corpus of the WMT schema (rows
       hf_dataset: wmt14             {"translation": {"de": ..., "en": ...}}): a name load_dataset
@@ -125,7 +127,7 @@ def read_source(data: dict | None, multi30k_dir: str | None, src_lang: str, tgt_
         return _prepared(data["prepared"], src_lang, tgt_lang)
     if form == "hf_dataset":
         return _hf_dataset(data, src_lang, tgt_lang)
-    return _files(data)
+    return _files(data, src_lang, tgt_lang)
 
 
 class DataProblem(TiekdError):
@@ -254,7 +256,7 @@ def export_hf_splits(source: "DataSource", folder: Path, src_lang: str, tgt_lang
     return files
 
 
-def _files(data: dict) -> DataSource:
+def _files(data: dict, src_lang: str, tgt_lang: str) -> DataSource:
     if "valid" not in data:
         raise DataProblem(Problem("data.valid", NO_VALUE, "is missing",
                                   "add `valid: [DEV.src, DEV.tgt]` or `valid: dev.tsv` (training picks "
@@ -270,8 +272,26 @@ def _files(data: dict) -> DataSource:
             raise DataProblem(Problem(f"data.tests.{name}", NO_VALUE, f"{name!r} cannot name a test set",
                                       f"use letters, digits, '_', '-' or '.', other than train, valid and "
                                       f"{POOLED}"), ("data", "tests", name))
-        splits[name] = _split(value, ("data", "tests", name))
+        splits[name] = (_sacrebleu_split(value, src_lang, tgt_lang, ("data", "tests", name))
+                        if isinstance(value, dict) else _split(value, ("data", "tests", name)))
     return DataSource("files", None, splits)
+
+
+def _sacrebleu_split(value: dict, src_lang: str, tgt_lang: str, keys: tuple) -> tuple[Path, Path]:
+    """A test set given by sacreBLEU's name (`{sacrebleu: wmt14}`): its cached source and reference files."""
+    from .sacrebleu_sets import sacrebleu_test_files
+
+    label = ".".join(map(str, keys))
+    if set(value) != {"sacrebleu"}:
+        raise DataProblem(Problem(label, value, "must be [SOURCE, TARGET], one TSV file or {sacrebleu: NAME}",
+                                  "write e.g. {sacrebleu: wmt14} (sacreBLEU's test set of that name)"), keys)
+    try:
+        return sacrebleu_test_files(str(value["sacrebleu"]), src_lang, tgt_lang)
+    except TiekdError as exc:
+        message, _, fix = str(exc).partition(" Fix: ")
+        message = message.rstrip(".")
+        raise DataProblem(Problem(label, value["sacrebleu"], message, fix or "give the test set's files"), keys) \
+            from None
 
 
 def _split(value, keys: tuple):
