@@ -283,3 +283,29 @@ def test_an_interrupted_training_stage_is_not_recorded_as_finished(tmp_path, mul
     monkeypatch.setattr(trainer, "run_training", stopped_early)
     assert main(["experiment", "--config", str(config), "--out", str(tmp_path / "exp")]) == 2
     assert not (tmp_path / "exp" / "teacher" / "stage.json").exists()
+
+
+def test_analyze_reads_a_whole_prepared_split_from_its_stored_ids(prepared, teacher_dir, tmp_path, monkeypatch):
+    """Without --max-sentences, analyze takes the split's ids as `prepare` stored them (read as needed, not
+    the split's text encoded again), with the figures the text gives."""
+    from tiekd.cli import main
+    from tiekd.data import binarized
+    from tiekd.data.prepare import load_prepared
+    from tiekd.data.tokenizer import load_tokenizer
+    from tiekd.evaluation.agreement import agreement_statistics
+    from tiekd.io import read_lines
+    from tiekd.models import load_model
+
+    opened = []
+    original = binarized.load_corpus
+    monkeypatch.setattr(binarized, "load_corpus", lambda *args: opened.append(original(*args)) or opened[-1])
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--student", str(teacher_dir), "--teacher", str(teacher_dir), "--data", str(prepared),
+                 "--topk", "3", "--out", str(out), "--device", "cpu"]) == 0
+    assert len(opened) == 1 and isinstance(opened[0], binarized.BinarizedCorpus)
+    stats = json.loads((out / "analysis.json").read_text())
+    sources, targets = map(read_lines, load_prepared(prepared).splits["valid"])
+    model = load_model(teacher_dir)
+    from_text = agreement_statistics(model, model, load_tokenizer(teacher_dir), sources, targets, topk=3)
+    assert stats["tokens"] == from_text["tokens"]
+    assert stats["teacher_gold_overlap"] == pytest.approx(from_text["teacher_gold_overlap"], abs=1e-9)

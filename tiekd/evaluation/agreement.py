@@ -24,10 +24,12 @@ if typing.TYPE_CHECKING:
     import torch
 
 
-def agreement_statistics(student, teacher, tokenizer, sources: list[str], targets: list[str], topk: int = 5,
-                         bin_edges: tuple[float, ...] = (1 / 3, 2 / 3), max_tokens: int = 4096,
-                         device: str | torch.device = "cpu") -> dict:
-    """Teacher-forced agreement statistics over a parallel corpus (see module docstring)."""
+def agreement_statistics(student, teacher, tokenizer, sources: list[str] | None, targets: list[str] | None,
+                         topk: int = 5, bin_edges: tuple[float, ...] = (1 / 3, 2 / 3), max_tokens: int = 4096,
+                         device: str | torch.device = "cpu", corpus=None) -> dict:
+    """Teacher-forced agreement statistics over a parallel corpus (see module docstring): `sources` and
+    `targets` as text, or `corpus`, pairs already as ids (e.g. a prepared split read from disk,
+    tiekd.data.binarized.load_corpus)."""
     import torch
 
     from ..data.batching import collate, encode_texts, make_batches, EncodedCorpus
@@ -35,7 +37,9 @@ def agreement_statistics(student, teacher, tokenizer, sources: list[str], target
 
     with torch.inference_mode():
         pad = tokenizer.pad_token_id
-        corpus = EncodedCorpus(encode_texts(tokenizer, sources), encode_texts(tokenizer, targets, target=True), pad)
+        if corpus is None:
+            corpus = EncodedCorpus(encode_texts(tokenizer, sources), encode_texts(tokenizer, targets, target=True),
+                                   pad)
         edges = torch.tensor(bin_edges)
         n_bins = len(bin_edges) + 1
         counts = {name: torch.zeros((), dtype=torch.float64) for name in ("tokens", "agree", "teacher_gold", "student_gold", "topk_overlap")}
@@ -156,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.prepare import load_prepared
     from ..data.tokenizer import load_tokenizer, vocab_fingerprint
-    from ..io import read_lines
+    from ..io import iter_lines, read_lines
     from ..models import load_model
     from ..training.trainer import pick_device, split_files
 
@@ -167,11 +171,21 @@ def run(args: argparse.Namespace) -> int:
     if vocab_fingerprint(load_tokenizer(args.teacher)) != vocab_fingerprint(tokenizer):
         raise TiekdError(f"{args.teacher}: its vocabulary differs from the student's ({args.student}). "
                          "Fix: analyse a student with the teacher it was distilled from")
-    sources, targets = read_lines(src), read_lines(tgt)
-    if args.max_sentences:
-        sources, targets = sources[: args.max_sentences], targets[: args.max_sentences]
-    stats = agreement_statistics(load_model(args.student, device), load_model(args.teacher, device), tokenizer,
-                                 sources, targets, topk=args.topk, device=device)
+    student = load_model(args.student, device)
+    sources = targets = corpus = None
+    if args.max_sentences:  # the first N lines, read as far as needed
+        import itertools
+
+        sources, targets = (list(itertools.islice(iter_lines(path), args.max_sentences)) for path in (src, tgt))
+    elif vocab_fingerprint(load_tokenizer(prepared.tokenizer_dir)) == vocab_fingerprint(tokenizer):
+        # the split's ids as `tiekd prepare` stored them (read as needed), encoded by the same vocabulary
+        from ..data.binarized import load_corpus
+
+        corpus = load_corpus(prepared, (src, tgt), tokenizer, student.config.max_position_embeddings)
+    else:
+        sources, targets = read_lines(src), read_lines(tgt)
+    stats = agreement_statistics(student, load_model(args.teacher, device), tokenizer, sources, targets,
+                                 topk=args.topk, device=device, corpus=corpus)
     stats.update({"student": str(args.student), "teacher": str(args.teacher), "split": args.split})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
