@@ -259,21 +259,29 @@ BESIDE_SUFFIX = ".ids.json"  # <text>.ids.json: which text the .ids/.idx beside 
 BESIDE_CHUNK = 10_000  # lines encoded and written at a time
 
 
+def _beside_record_path(text_path: Path) -> Path:
+    return text_path.with_name(text_path.name + BESIDE_SUFFIX)
+
+
+def _text_state(text_path: Path, vocab_size: int, target: bool) -> dict:
+    """What a record beside `text_path` must match for its ids to count: the text's size and modification
+    time now, the vocabulary size and the side (source or target model)."""
+    stat = text_path.stat()
+    return {"text_bytes": stat.st_size, "text_mtime_ns": stat.st_mtime_ns, "vocab_size": vocab_size,
+            "target": target}
+
+
 def record_beside(text_path: Path, vocab_size: int, target: bool) -> dict | None:
     """The record of the ids written beside `text_path` by `binarize_beside`, if they encode the text as
-    it is now: its size and modification time, the vocabulary size and side are those recorded (checked in
-    constant time); else None."""
-    text_path = Path(text_path)
-    record_path = text_path.with_name(text_path.name + BESIDE_SUFFIX)
-    try:
-        import json
+    it is now (`_text_state`, checked in constant time); else None."""
+    import json
 
-        record = json.loads(record_path.read_text())
-        stat = text_path.stat()
+    text_path = Path(text_path)
+    try:
+        record = json.loads(_beside_record_path(text_path).read_text())
+        current = _text_state(text_path, vocab_size, target)
     except (OSError, ValueError):
         return None
-    current = {"text_bytes": stat.st_size, "text_mtime_ns": stat.st_mtime_ns, "vocab_size": vocab_size,
-               "target": target}
     return record if all(record.get(key) == value for key, value in current.items()) else None
 
 
@@ -291,14 +299,13 @@ def binarize_beside(text_path: Path, tokenizer, target: bool) -> dict:
     from .encoding import encode_flat
 
     text_path = Path(text_path)
-    record_path = text_path.with_name(text_path.name + BESIDE_SUFFIX)
+    record_path = _beside_record_path(text_path)
     record_path.unlink(missing_ok=True)
-    stat = text_path.stat()
+    state = _text_state(text_path, len(tokenizer), target)  # before reading: a later change must not count
     writer = IdsWriter(text_path, len(tokenizer))
     lines = iter_lines(text_path)
     while chunk := list(itertools.islice(lines, BESIDE_CHUNK)):
         writer.add(*encode_flat(tokenizer, chunk, target=target))
-    record = {**writer.close(), "text_bytes": stat.st_size, "text_mtime_ns": stat.st_mtime_ns,
-              "vocab_size": len(tokenizer), "target": target}
+    record = {**writer.close(), **state}
     writes.atomic_write_json(record_path, record)
     return record

@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     prepared = load_prepared(args.data)
     src, tgt = split_files(prepared, args.split)
     tokenizer = load_tokenizer(args.student)
-    if vocab_fingerprint(load_tokenizer(args.teacher)) != vocab_fingerprint(tokenizer):
+    vocabulary = vocab_fingerprint(tokenizer)
+    if vocab_fingerprint(load_tokenizer(args.teacher)) != vocabulary:
         raise TiekdError(f"{args.teacher}: its vocabulary differs from the student's ({args.student}). "
                          "Fix: analyse a student with the teacher it was distilled from")
     student = load_model(args.student, device)
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         import itertools
 
         sources, targets = (list(itertools.islice(iter_lines(path), args.max_sentences)) for path in (src, tgt))
-    elif vocab_fingerprint(load_tokenizer(prepared.tokenizer_dir)) == vocab_fingerprint(tokenizer):
+    elif vocab_fingerprint(load_tokenizer(prepared.tokenizer_dir)) == vocabulary:
         # the split's ids as `tiekd prepare` stored them (read as needed), encoded by the same vocabulary
         from ..data.binarized import load_corpus
 

@@ -35,7 +35,7 @@ def teacher_targets_file(out: Path) -> Path:
 
 
 def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: DistInfo,
-                        quiet: bool, tokenizer=None) -> tuple[Path, Path]:
+                        quiet: bool, tokenizer) -> tuple[Path, Path]:
     """(source, target) files of the training split; with sequence-level KD the target file is the
     teacher's translations (`out/seqkd/train.hyp`; every rank takes part in decoding them), whose ids are
     then stored beside it once (with `tokenizer`), so that no start encodes them again. `teacher` is the
@@ -46,8 +46,7 @@ def training_pair_files(config: RunConfig, prepared, teacher, out: Path, dist: D
     hyp = teacher_targets_file(out)
     if not hyp.is_file():  # a resumed run keeps its targets
         _decode_teacher_targets(config, source, target, hyp, teacher, dist, quiet)
-    if tokenizer is not None:
-        _store_ids_beside(hyp, tokenizer, dist)
+    _store_ids_beside(hyp, tokenizer, dist)
     return source, hyp
 
 
