@@ -5,11 +5,17 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --data runs/converged/data --student tiny \
         --teacher-model runs/converged/teacher/model --student-model runs/converged/students/no-kd-tiny-seed1/model --methods none,word-kd,kd-top1-only,kd-without-top1,tie-kd:1,tie-kd:3,jsd,on-policy \
         --json runs/converged/update_costs.json        # the converged table's equal-compute costs
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --data DATA --student mini --teacher-model TEACHER \
+        --methods none,word-kd,word-kd+cache,tie-kd:3,tie-kd:3+cache --teacher-cache CACHE_DIR
+                                                        # the teacher-logit cache against the live teacher
 
 For each objective (none, word-KD, TIE-KD with N=1 and N=3) the same student preset and teacher preset
 (random weights: speed does not depend on their values) train on the same real batches. Printed:
 target tokens/s, the ratio to the no-KD step, peak memory, and model FLOP utilisation (MFU) against
-the dense matmul peak measured in the same run (fp32 on CPU, bf16 on GPU). Model FLOPs count
+the dense matmul peak measured in the same run (fp32 on CPU, bf16 on GPU). A method written `NAME+cache`
+reads the teacher's gold-prefix logits from a teacher-logit cache (--teacher-cache, built on the whole
+training split first when missing; tiekd/kd/teacher_cache.py) instead of running the teacher for them;
+its time includes reading them. Model FLOPs count
 6 x parameters x tokens for the student's forward+backward (encoder over source tokens, decoder and
 output layer over target tokens, times N decoder passes) and 2 x parameters x tokens for the teacher's
 forward passes; attention's length-quadratic terms are left out (Multi30k sentences are short).
@@ -55,12 +61,16 @@ def split_params(model) -> tuple[int, int, int]:
     return enc, dec, out
 
 
-def step_flops(student, teacher, src_tokens: int, tgt_tokens: int, passes: int, with_teacher: bool) -> float:
+def step_flops(student, teacher, src_tokens: int, tgt_tokens: int, passes: int, with_teacher: bool,
+               cached: bool = False) -> float:
+    """Model FLOPs of one update; with `cached`, pass 1's teacher logits are read, not computed (and a
+    single-pass method runs no teacher at all)."""
     s_enc, s_dec, s_out = split_params(student)
     flops = 6 * (s_enc * src_tokens + (s_dec + s_out) * tgt_tokens * passes)
-    if with_teacher:
+    teacher_passes = passes - 1 if cached else passes
+    if with_teacher and teacher_passes:
         t_enc, t_dec, t_out = split_params(teacher)
-        flops += 2 * (t_enc * src_tokens + (t_dec + t_out) * tgt_tokens * passes)
+        flops += 2 * (t_enc * src_tokens + (t_dec + t_out) * tgt_tokens * teacher_passes)
     return flops
 
 
@@ -79,6 +89,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default="none,word-kd,tie-kd:1,tie-kd:3")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--teacher-cache", metavar="DIR", help="teacher-logit cache folder for the NAME+cache methods "
+                        "(needs --teacher-model)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -91,7 +103,8 @@ def main() -> None:
 
     keep_freed_memory()  # as the tiekd command does (tiekd/training/malloc_tuning.py)
     device = pick_device(args.device)
-    tokenizer, chosen = sample_real_batches(args.data, args.max_tokens, args.warmup + args.steps)
+    tokenizer, chosen, corpus = sample_real_batches(args.data, args.max_tokens, args.warmup + args.steps,
+                                                    with_corpus=True)
     if len(chosen) <= args.warmup:
         raise SystemExit(f"{args.data}: {len(chosen)} batches of {args.max_tokens} tokens, not more than --warmup "
                          f"{args.warmup}; fix: a smaller --warmup or --max-tokens")
@@ -102,9 +115,17 @@ def main() -> None:
     teacher = teacher.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         teacher = teacher.to(torch.bfloat16)
+    cache = None
+    if "+cache" in args.methods:
+        from tiekd.kd.teacher_cache import open_or_build
+
+        if not (args.teacher_cache and args.teacher_model):
+            raise SystemExit("NAME+cache methods need --teacher-cache DIR and --teacher-model")
+        cache = open_or_build(args.teacher_cache, args.teacher_model, teacher, corpus, args.max_tokens, device)
     results = []
     for spec in args.methods.split(","):
-        method, _, passes = spec.partition(":")
+        method, cached = spec.removesuffix("+cache"), spec.endswith("+cache")
+        method, _, passes = method.partition(":")
         passes = int(passes or 1)
         torch.manual_seed(0)
         student = load_model(args.student_model) if args.student_model else build_model(args.student, tokenizer)
@@ -123,8 +144,10 @@ def main() -> None:
                 started, cpu_started = time.perf_counter(), time.process_time()
                 tokens = flops = 0.0
             batch = batch.to(device)
+            extra = {"gold_teacher_logits": cache.gold_logits(batch.indices, batch.labels, tokenizer.pad_token_id)
+                     .to(device)} if cached else {}
             with autocast_context(device, "auto"):
-                loss, _ = module(batch.input_ids, batch.attention_mask, batch.labels)
+                loss, _ = module(batch.input_ids, batch.attention_mask, batch.labels, **extra)
             (loss / batch.num_target_tokens).backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
             optimizer.step()
@@ -132,7 +155,7 @@ def main() -> None:
             tokens += batch.num_target_tokens
             src_tokens = int(batch.attention_mask.sum())
             flops += step_flops(student, teacher, src_tokens, batch.num_target_tokens,
-                                passes if method == "tie-kd" else 1, method != "none")
+                                passes if method == "tie-kd" else 1, method != "none", cached)
         sync(device)
         seconds = time.perf_counter() - started
         # CPU seconds of this process per update: what the equal-compute view counts (update_costs.json)

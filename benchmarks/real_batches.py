@@ -9,9 +9,10 @@ rerun's, on identical inputs.
 from __future__ import annotations
 
 
-def sample_real_batches(data: str, max_tokens: int, count: int):
+def sample_real_batches(data: str, max_tokens: int, count: int, with_corpus: bool = False):
     """Return (tokenizer, batches): the prepared data's tokenizer and up to `count` collated training
-    batches of at most `max_tokens` tokens, in a shuffled order that depends only on the data."""
+    batches of at most `max_tokens` tokens, in a shuffled order that depends only on the data; with
+    `with_corpus`, (tokenizer, batches, the encoded training corpus the batches index)."""
     import torch
 
     from tiekd.data.batching import collate, encode_pair_files, make_batches
@@ -23,4 +24,5 @@ def sample_real_batches(data: str, max_tokens: int, count: int):
     corpus = encode_pair_files(tokenizer, *prepared.splits["train"])
     batches = make_batches(corpus, max_tokens)
     order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(0)).tolist()
-    return tokenizer, [collate(corpus, batches[i]) for i in order[:count]]
+    chosen = [collate(corpus, batches[i]) for i in order[:count]]
+    return (tokenizer, chosen, corpus) if with_corpus else (tokenizer, chosen)

@@ -70,7 +70,7 @@ def test_train_has_every_flag_but_the_distill_only_ones(capsys, monkeypatch):
     distill_flags = {flag(n) for n in DISTILL_ONLY} | {flag(n).replace("--", "--no-", 1) for n in DISTILL_ONLY}
     assert train == distill - distill_flags - {"--allow-no-kd"}
     # the distill-only fields are exactly the KD settings
-    assert DISTILL_ONLY == {"method", "teacher", "init_from_teacher", "kd_alpha", "topk", "iterative_passes",
+    assert DISTILL_ONLY == {"method", "teacher", "teacher_cache", "init_from_teacher", "kd_alpha", "topk", "iterative_passes",
                             "iterative_start_update", "ranking", "selective_ratio", "kd_temperature", "jsd_beta",
                             "skew_alpha", "on_policy_lambda", "on_policy_divergence", "on_policy_sampling",
                             "seq_kd_targets", "seq_kd_beam", "seq_kd_engine", "seq_kd_nbest", "seq_kd_select"}

@@ -56,15 +56,22 @@ def prepare(out: Path, config, source) -> Path:
     return data
 
 
-def train(folder: Path, settings: dict, device: str, average_last: int, nproc_per_node: int, log) -> dict:
+def train(folder: Path, settings: dict, device: str, average_last: int, nproc_per_node: int, log,
+          teacher_cache: str | None = None) -> dict:
     """Train (or resume) one run in folder/run and average its last `average_last` checkpoints into
-    folder/model; with `nproc_per_node` > 1 the training runs under torchrun."""
+    folder/model; with `nproc_per_node` > 1 the training runs under torchrun. `teacher_cache`, a folder,
+    is given to the rows whose method runs the teacher on gold prefixes; like the device, it is not part
+    of the row's settings (it changes where the teacher's logits come from, not their values)."""
     from ..config import RunConfig
+    from ..kd.methods import get_method, runs_teacher_on_gold
     from ..training.average import average_checkpoints, find_last_checkpoints
     from ..training.trainer import run_training
 
     run = folder / "run"
-    config = RunConfig.from_dict({**settings, "out": str(run), "device": device}, source=str(folder))
+    execution = {"out": str(run), "device": device}
+    if teacher_cache and runs_teacher_on_gold(get_method(settings.get("method", "none"))):
+        execution["teacher_cache"] = str(teacher_cache)
+    config = RunConfig.from_dict({**settings, **execution}, source=str(folder))
     resume = (run / "config.yaml").is_file()
     if nproc_per_node > 1:
         summary = _train_under_torchrun(folder, config, resume, nproc_per_node, log)

@@ -51,6 +51,12 @@ def register(method: Method) -> Method:
     return method
 
 
+def runs_teacher_on_gold(method: Method) -> bool:
+    """The method's KD term runs the teacher on gold prefixes inside its updates (at least in pass 1): what
+    a teacher-logit cache (tiekd.kd.teacher_cache) can stand in for."""
+    return method.kd_loss is not None and method.online_teacher
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise TiekdError(f"unknown method {name!r}. Fix: use one of {', '.join(METHODS)}")

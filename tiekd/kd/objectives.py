@@ -14,7 +14,8 @@ count of the update) and a dict of detached per-part sums for logging.
 - `tie-kd` (Zhang et al. 2023, docs/method.md §5-7): (1 - a) * ls_ce + a * mean over N passes of the
   TIE-KD token loss, pass n > 1 fed with [start] + the previous student pass's argmax, shifted right;
   with `iterative_start_update` U > 0, updates before U run pass 1 only (our option, not the paper's).
-The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once. What each method
+The teacher runs frozen, under `torch.inference_mode()`, and encodes each batch once (and not at all when
+the gold-prefix logits come from a cache, tiekd.kd.teacher_cache, and no pass needs another prefix). What each method
 contributes (its KD loss, passes, token mask, on-policy prefixes) comes from its entry in tiekd/kd/methods.py.
 """
 
@@ -48,6 +49,20 @@ def with_temperature(loss_fn, temperature: float):
                                           pad_id, **kwargs)
 
     return softened
+
+
+class _Lazy:
+    """A value computed on first call (under inference mode), then kept: the teacher's encoding of a batch,
+    which a batch whose passes all read cached logits never needs."""
+
+    def __init__(self, compute):
+        self._compute, self._value = compute, None
+
+    def __call__(self):
+        if self._value is None:
+            with torch.inference_mode():
+                self._value = self._compute()
+        return self._value
 
 
 class _Frozen:
@@ -129,21 +144,24 @@ class DistillationObjective(nn.Module):
                               use_cache=False)
         return output.logits, BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
 
-    def forward(self, input_ids, attention_mask, labels, decoder_input_ids=None):
+    def forward(self, input_ids, attention_mask, labels, decoder_input_ids=None, gold_teacher_logits=None):
         """(loss summed over the batch's target tokens, its parts summed); the trainer divides both by the
         update's global target-token count. `labels` are padded with the pad id; `decoder_input_ids`, when
-        given (Hugging Face collators make them), replace the shifted labels as pass 1's prefix."""
+        given (Hugging Face collators make them), replace the shifted labels as pass 1's prefix.
+        `gold_teacher_logits` [B, T, V], when given, are the teacher's logits on the gold prefix read from
+        a cache (tiekd.kd.teacher_cache): pass 1 uses them instead of running the teacher."""
         config = self.config
+        if gold_teacher_logits is not None and decoder_input_ids is not None:
+            raise ValueError("gold_teacher_logits are the teacher's on the shifted labels; give no decoder_input_ids")
         decoder_input = shift_right(labels, self.start_id) if decoder_input_ids is None else decoder_input_ids
         student_logits, student_encoded = self._first_student_pass(input_ids, attention_mask, decoder_input)
         ce = losses.label_smoothed_ce(student_logits, labels, self.pad_id, epsilon=config.label_smoothing)
         if self.kd_loss is None:
             return ce, {"ce": ce.detach()}
 
-        with torch.inference_mode():
-            teacher_encoded = self.teacher.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        teacher_encoded = _Lazy(lambda: self.teacher.get_encoder()(input_ids=input_ids, attention_mask=attention_mask))
         if self.method.on_policy and bool(torch.rand(()) < config.on_policy_lambda):
-            kd = self._on_policy_kd(input_ids, attention_mask, labels, student_encoded, teacher_encoded)
+            kd = self._on_policy_kd(input_ids, attention_mask, labels, student_encoded, teacher_encoded())
             alpha = config.kd_alpha
             return (1 - alpha) * ce + alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}
         kd_total = student_logits.new_zeros((), dtype=torch.float32)
@@ -153,8 +171,11 @@ class DistillationObjective(nn.Module):
                 # pass n > 1: the student's own previous predictions become the prefix (docs/method.md §6)
                 decoder_input = shift_right(student_logits.detach().argmax(-1), self.start_id)
                 student_logits = self._decode(self.student, student_encoded, attention_mask, decoder_input)
-            with torch.inference_mode():
-                teacher_logits = self._decode(self.teacher, teacher_encoded, attention_mask, decoder_input)
+            if pass_index == 0 and gold_teacher_logits is not None:
+                teacher_logits = gold_teacher_logits
+            else:
+                with torch.inference_mode():
+                    teacher_logits = self._decode(self.teacher, teacher_encoded(), attention_mask, decoder_input)
             kd_kwargs = {}
             if self.token_mask is not None:  # e.g. Selective-KD: only the batch's hardest tokens
                 kd_kwargs["mask"] = self.token_mask(student_logits, labels, self.pad_id)

@@ -10,10 +10,11 @@ import yaml
 from ..config import RunConfig
 from ..errors import TiekdError
 
-# keys a resumed run may change: extending a run is allowed, changing what it trains is not. `out` is the
+# keys a resumed run may change: extending a run is allowed, changing what it trains is not (the teacher cache
+# changes where the teacher's logits come from, not their values). `out` is the
 # folder being resumed, however it is spelled (relative, absolute, trailing slash) or wherever it was moved
 RESUMABLE_CHANGES = {"out", "max_updates", "max_epochs", "device", "valid_every", "save_every", "log_every", "compile",
-                     "fsdp"}
+                     "fsdp", "teacher_cache"}
 
 
 PATH_KEYS = ("data", "teacher", "model")

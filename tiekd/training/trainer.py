@@ -29,6 +29,7 @@ from ..io import atomic_write_json
 from ..kd.methods import get_method
 from ..models import parameter_count, zero_pad_row_grad
 from ..kd.objectives import DistillationObjective
+from ..kd.teacher_cache import cached_teacher_inputs, open_for_run
 from . import checkpoint
 from .build import (build_student, check_model_arguments, load_teacher, make_optimizer,
                     make_run_scheduler, parallelise, seed_everything)
@@ -99,6 +100,8 @@ class Trainer:
         if not online:
             self.teacher = None  # it has decoded the targets: training needs its memory more
         self.train_corpus = load_corpus(self.prepared, train_files, self.tokenizer, max_positions)
+        self.teacher_cache = open_for_run(config, self.teacher, self.train_corpus, self.device, self.dist,
+                                          self.quiet) if config.teacher_cache else None
         self.validator = Validator(self.tokenizer, *split_files(self.prepared, config.valid_split), config, self.dist,
                                    self.device, max_positions, self.prepared)
         self.batches = batching.make_batches(self.train_corpus, config.max_tokens)
@@ -128,9 +131,8 @@ class Trainer:
         return batching.updates_per_epoch(len(self.batches), self.dist.world_size, self.config.update_freq)
 
     def _done(self) -> bool:
-        config = self.config
-        return bool((config.max_updates and self.state.step >= config.max_updates)
-                    or (config.max_epochs and self.state.epoch >= config.max_epochs))
+        limits = ((self.config.max_updates, self.state.step), (self.config.max_epochs, self.state.epoch))
+        return any(limit and reached >= limit for limit, reached in limits)
 
     # ----------------------------------------------------------------- one update
     def _update(self, order: list[int]) -> dict:
@@ -153,8 +155,9 @@ class Trainer:
                 self.student.set_requires_gradient_sync(sync)
             elif self.dist.enabled and not sync:
                 no_sync = self.train_module.no_sync
+            cached = cached_teacher_inputs(self.teacher_cache, batch, self.pad_id, self.device)
             with no_sync(), autocast_context(self.device, config.precision):
-                loss, stats = self.train_module(batch.input_ids, batch.attention_mask, batch.labels)
+                loss, stats = self.train_module(batch.input_ids, batch.attention_mask, batch.labels, **cached)
             with no_sync():
                 (loss * scale).backward()
             loss_sum += loss.detach().float()
