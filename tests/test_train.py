@@ -190,6 +190,22 @@ def test_a_checkpoint_from_before_saved_windows_resumes_with_an_empty_window():
     assert again.to_dict() == state.to_dict() and again.loss_window.parts == {"ce": 2.0, "kd": 4.0}
 
 
+def test_a_window_resumed_half_way_counts_its_speed_over_this_process_s_updates_only():
+    """The loss is over the whole window; tokens/s only over the tokens trained since the clock started (a
+    resume at update 1,538 of a 1,500-1,550 window once logged 4,338 tokens/s for a run doing 654)."""
+    from tiekd.training.metrics import train_record
+    from tiekd.training.state import LossWindow
+
+    window = LossWindow()
+    window.add(30.0, [], [], tokens=3000)
+    resumed = LossWindow.from_dict(window.to_dict())
+    resumed.add(10.0, [], [], tokens=1000)
+    resumed.started -= 2.0  # two seconds since this process's clock started
+    record = train_record(resumed, step=50, epoch=1, lr=1e-3, grad_norm=1.0)
+    assert record["loss"] == pytest.approx(40.0 / 4000)
+    assert record["tokens_per_s"] == pytest.approx(500.0, rel=0.05)
+
+
 def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_update(prepared, tmp_path):
     """The accumulated gradient equals that of (sum of both batches' losses) / (their token count)."""
     from tiekd.data import batching

@@ -34,7 +34,7 @@ def train_record(window: LossWindow, step: int, epoch: int, lr: float, grad_norm
     elapsed = time.perf_counter() - window.started
     return {"kind": "train", "step": step, "epoch": epoch, "loss": window.loss / window.tokens,
             **{name: value / window.tokens for name, value in window.parts.items()},
-            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.tokens / max(elapsed, 1e-9)}
+            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.timed_tokens / max(elapsed, 1e-9)}
 
 
 class MetricsLog:

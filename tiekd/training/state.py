@@ -19,23 +19,27 @@ class LossWindow:
     whole window (a token-weighted mean, not a mean of per-update means), so a record's loss does not
     depend on how the window's tokens were split into updates. The sums are saved in checkpoints, so a
     resumed run logs the same first loss as an uninterrupted one; `started` (the `time.perf_counter()`
-    the window's tokens/s counts from) is not saved: it means nothing in another process.
+    the window's tokens/s counts from) is not saved: it means nothing in another process. Nor is
+    `timed_tokens`, the tokens added since `started`: a window resumed half-way counts its tokens/s over
+    the updates this process ran, not over tokens an earlier process trained in its own time.
     """
 
     loss: float = 0.0  # the objective summed over the window's target tokens (all ranks)
     tokens: int = 0  # non-pad target tokens of the window's updates (all ranks)
     parts: dict[str, float] = field(default_factory=dict)  # each named part of the objective, summed
     started: float = field(default_factory=time.perf_counter)
+    timed_tokens: int = 0  # tokens added since `started`
 
     def add(self, loss_sum: float, part_names: list[str], part_sums: list[float], tokens: int) -> None:
         self.loss += loss_sum
         self.tokens += tokens
+        self.timed_tokens += tokens
         for name, value in zip(part_names, part_sums):
             self.parts[name] = self.parts.get(name, 0.0) + value
 
     def reset(self) -> None:
         """An empty window whose clock starts now."""
-        self.loss, self.tokens, self.parts, self.started = 0.0, 0, {}, time.perf_counter()
+        self.loss, self.tokens, self.parts, self.started, self.timed_tokens = 0.0, 0, {}, time.perf_counter(), 0
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "tokens": self.tokens, "parts": dict(self.parts)}
