@@ -143,9 +143,9 @@ def main() -> None:
                 sync(device)
                 started, cpu_started = time.perf_counter(), time.process_time()
                 tokens = flops = 0.0
-            batch = batch.to(device)
             extra = {"gold_teacher_logits": cache.gold_logits(batch.indices, batch.labels, tokenizer.pad_token_id)
                      .to(device)} if cached else {}
+            batch = batch.to(device)
             with autocast_context(device, "auto"):
                 loss, _ = module(batch.input_ids, batch.attention_mask, batch.labels, **extra)
             (loss / batch.num_target_tokens).backward()

@@ -23,14 +23,15 @@ def valid_corpus(prepared):
     return load_corpus(data, data.splits["valid"], tokenizer, 512), tokenizer
 
 
-def build_cache(prepared, teacher_dir, folder, corpus=None):
+def build_cache(prepared, teacher_dir, folder, corpus=None, **options):
     from tiekd.kd.teacher_cache import open_or_build
     from tiekd.models import load_model
 
     corpus = corpus if corpus is not None else valid_corpus(prepared)[0]
     teacher = load_model(teacher_dir).eval()
     # small batches: the stored rows must not depend on how the build batched them
-    return open_or_build(folder, teacher_dir, teacher, corpus, 300, torch.device("cpu"), quiet=True), teacher, corpus
+    cache = open_or_build(folder, teacher_dir, teacher, corpus, 300, torch.device("cpu"), quiet=True, **options)
+    return cache, teacher, corpus
 
 
 def test_rows_are_the_teachers_logits_on_the_gold_prefix(prepared, teacher_dir, tmp_path):
@@ -87,13 +88,19 @@ def test_the_objective_on_cached_logits_equals_the_live_teacher(prepared, teache
     assert calls.count(True) == (2 if method == "tie-kd" else 0)
 
 
-def test_a_run_on_the_cache_trains_as_the_live_run_and_reuses_it(prepared, teacher_dir, tmp_path, capsys):
-    from tiekd.training.trainer import run_training
+def test_a_run_on_the_cache_trains_as_the_live_run_and_reuses_it(prepared, teacher_dir, tmp_path):
+    """Its losses are the live run's, and it never runs the teacher (Word-KD has no other pass)."""
+    from tiekd.training.trainer import Trainer
 
     def train(name, **extra):
         config = small_config(prepared, tmp_path / name, method="word-kd", teacher=str(teacher_dir), max_updates=4,
                               valid_every=4, valid_bleu=False, train_split="valid", max_tokens=600, **extra)
-        run_training(config, quiet=True)
+        trainer = Trainer(config, quiet=True)
+        teacher_calls = []
+        forward = trainer.teacher.forward
+        trainer.teacher.forward = lambda *args, **kwargs: (teacher_calls.append(1), forward(*args, **kwargs))[1]
+        trainer.fit()
+        assert len(teacher_calls) == (0 if extra else 4)
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return [json.loads(line)["loss"] for line in lines if json.loads(line)["kind"] == "train"]
 
@@ -134,6 +141,36 @@ def test_a_cache_of_other_data_is_never_read(prepared, teacher_dir, tmp_path):
         cache.gold_logits(batch.indices, batch.labels, corpus.pad_id)
 
 
+def test_another_start_id_or_precision_gets_its_own_cache(prepared, teacher_dir, tmp_path):
+    """The live teacher runs on prefixes that start with the student's start id and under the run's autocast;
+    rows computed otherwise differ, so they are kept apart (bf16 autocast works on CPUs too, slowly)."""
+    plain, _, corpus = build_cache(prepared, teacher_dir, tmp_path / "cache")
+    assert plain.record["key"]["autocast"] is None and plain.record["key"]["start_id"] == corpus.pad_id
+    bf16, _, _ = build_cache(prepared, teacher_dir, tmp_path / "cache", precision="bf16")
+    other_start, _, _ = build_cache(prepared, teacher_dir, tmp_path / "cache", start_id=corpus.eos_id)
+    assert len({plain.folder, bf16.folder, other_start.folder}) == 3
+    assert bf16.record["key"]["autocast"] == "bfloat16"
+    from tiekd.data.batching import collate
+
+    batch = collate(corpus, [0, 1, 2])
+    rows = [cache.gold_logits(batch.indices, batch.labels, corpus.pad_id) for cache in (plain, bf16, other_start)]
+    assert not torch.allclose(rows[0], rows[1], atol=1e-4) and not torch.allclose(rows[0], rows[2], atol=1e-4)
+
+
+def test_a_killed_build_s_leftover_is_removed_before_the_space_check(prepared, teacher_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tiekd.writes import HOST
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "cache" / f".float32-0123456789abcdef.building-{HOST}-{int(ended.stdout)}-0badcafe"
+    leftover.mkdir(parents=True)
+    (leftover / "logits.f32").write_bytes(b"\0" * 4096)
+    build_cache(prepared, teacher_dir, tmp_path / "cache")
+    assert not leftover.exists()
+
+
 def test_a_full_disk_leaves_no_cache_and_a_rerun_builds_it(prepared, teacher_dir, tmp_path, monkeypatch):
     import shutil
 
@@ -157,6 +194,9 @@ def test_only_methods_that_run_the_teacher_on_gold_prefixes_take_a_cache(prepare
     with pytest.raises(InvalidConfig, match="teacher_cache.*no logits to cache"):
         small_config(prepared, tmp_path, method="none", teacher_cache=str(tmp_path / "c"))
     small_config(prepared, tmp_path, method="on-policy", teacher="t", teacher_cache=str(tmp_path / "c"))
+    with pytest.raises(InvalidConfig, match="on_policy_lambda 1 .* no batch reads gold-prefix logits"):
+        small_config(prepared, tmp_path, method="on-policy", teacher="t", on_policy_lambda=1.0,
+                     teacher_cache=str(tmp_path / "c"))
 
 
 def test_the_experiment_gives_the_cache_to_its_kd_rows_only(tmp_path, monkeypatch):

@@ -199,6 +199,11 @@ def relation_problems(config: RunConfig, ok) -> list[Problem]:
             and not runs_teacher_on_gold(method):
         found.append(Problem("teacher_cache", config.teacher_cache, f"method {config.method} runs no teacher inside "
                              "its updates, so there are no logits to cache", "drop teacher_cache (--teacher-cache)"))
+    if method is not None and ok("teacher_cache", "on_policy_lambda") and config.teacher_cache and method.on_policy \
+            and config.on_policy_lambda == 1.0:
+        found.append(Problem("teacher_cache", config.teacher_cache, "on_policy_lambda 1 puts every KD term on the "
+                             "student's own output, so no batch reads gold-prefix logits",
+                             "drop teacher_cache (--teacher-cache), or use an on_policy_lambda below 1"))
     for flag in ("init_from_teacher", "seq_kd_targets"):
         if ok(flag, "teacher") and getattr(config, flag) and not config.teacher:
             found.append(Problem("teacher", config.teacher, f"{flag} needs a teacher", set_teacher))

@@ -152,7 +152,9 @@ class DistillationObjective(nn.Module):
         a cache (tiekd.kd.teacher_cache): pass 1 uses them instead of running the teacher."""
         config = self.config
         if gold_teacher_logits is not None and decoder_input_ids is not None:
-            raise ValueError("gold_teacher_logits are the teacher's on the shifted labels; give no decoder_input_ids")
+            raise ValueError("gold_teacher_logits are the teacher's on the shifted labels, and decoder_input_ids "
+                             "replace that prefix. Fix: give one of the two (without decoder_input_ids, the labels "
+                             "shifted right are pass 1's prefix)")
         decoder_input = shift_right(labels, self.start_id) if decoder_input_ids is None else decoder_input_ids
         student_logits, student_encoded = self._first_student_pass(input_ids, attention_mask, decoder_input)
         ce = losses.label_smoothed_ce(student_logits, labels, self.pad_id, epsilon=config.label_smoothing)

@@ -11,8 +11,12 @@ the teacher over it once.
 Exactness. The stored rows are the teacher's own float32 logits, computed in length-sorted batches of
 `max_tokens` tokens. A training batch pads differently, which can change the order of the floating-point
 sums inside the teacher (not the masking: padded keys get zero attention weight), so the logits differ
-from a live teacher's by rounding only (tests/test_teacher_cache.py bounds it). Passes that feed the
-student's own prefixes (TIE-KD's iterative passes, on-policy batches) still run the live teacher.
+from a live teacher's by rounding only (tests/test_teacher_cache.py bounds it). The build runs the
+teacher as the run would: under the run's autocast (bf16 on GPUs) and on prefixes that start with the
+student's decoder start id; both are part of the cache's key. Passes that feed the student's own
+prefixes (TIE-KD's iterative passes, on-policy batches) still run the live teacher. Measured on CPUs
+only: on a GPU, where the teacher's forward pass takes milliseconds, reading 100+ MB a batch may cost
+more than it saves.
 
 Cost. Target positions (</s> included) x V x 4 bytes: Multi30k's 29,000 training pairs have 454,240,
 at V = 8,000 14.5 GB, built in 3 minutes on one thread. It is read a batch at a time (100-130 MB for
@@ -76,11 +80,15 @@ def teacher_digest(teacher_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(teacher_dir: str | Path, teacher, corpus) -> dict:
-    """What a cache's rows depend on: the teacher's files and dtype, the corpus's ids, the vocabulary."""
+def cache_key(teacher_dir: str | Path, teacher, corpus, start_id: int, autocast: str | None) -> dict:
+    """What a cache's rows depend on: the teacher's files and dtype, the autocast it ran under (None or
+    "bfloat16": a run's live teacher computes under its run's autocast, so the cache must too), the
+    decoder start id its gold prefixes begin with (the student's: the objective shifts the labels with
+    it), the corpus's ids and the vocabulary."""
     return {"format": FORMAT, "teacher_sha256": teacher_digest(teacher_dir),
-            "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch."),
-            "vocab_size": int(teacher.config.vocab_size), "pairs": len(corpus), "corpus_sha256": corpus_digest(corpus)}
+            "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch."), "autocast": autocast,
+            "start_id": int(start_id), "vocab_size": int(teacher.config.vocab_size), "pairs": len(corpus),
+            "corpus_sha256": corpus_digest(corpus)}
 
 
 def _key_name(key: dict) -> str:
@@ -112,39 +120,75 @@ class TeacherLogitCache:
         if descriptor is not None:
             os.close(descriptor)
 
-    def gold_logits(self, indices, labels: torch.Tensor, pad_id: int) -> torch.Tensor:
+    def gold_logits(self, indices, labels: torch.Tensor, pad_id: int, pin_memory: bool = False) -> torch.Tensor:
         """float32 [B, T, V] logits of pairs `indices` at the positions of `labels` [B, T] (their padded
-        gold targets); padding positions hold zeros, which the losses never read (they mask by pad id)."""
+        gold targets, on the CPU); padding positions hold zeros, which the losses never read (they mask by
+        pad id). `pin_memory` for a copy to a GPU that overlaps with compute."""
         indices = np.asarray(indices, dtype=np.int64)
         starts, ends = self.offsets[indices], self.offsets[indices + 1]
-        lengths = (labels != pad_id).sum(dim=1).cpu().numpy()
-        if not np.array_equal(ends - starts, lengths):
-            raise TiekdError(f"{self.folder}: the stored rows do not match this batch's targets (lengths "
-                             f"{(ends - starts)[:4].tolist()}... against {lengths[:4].tolist()}...): the cache "
-                             "belongs to other data. Fix: remove it, or give the run its own --teacher-cache folder")
-        out = torch.empty((len(indices), labels.shape[1], self.vocab_size), dtype=torch.float32)
+        lengths = (labels != pad_id).sum(dim=1).numpy()
+        differ = np.flatnonzero(ends - starts != lengths)
+        if len(differ):
+            pair = int(indices[differ[0]])
+            raise TiekdError(f"{self.folder}: the stored rows do not match this batch's targets (pair {pair:,} has "
+                             f"{int(lengths[differ[0]])} target positions, the cache {int((ends - starts)[differ[0]])};"
+                             f" {len(differ)} of {len(indices)} pairs differ): the cache belongs to other data. Fix: "
+                             "remove that folder, or give the run its own --teacher-cache folder")
+        out = torch.empty((len(indices), labels.shape[1], self.vocab_size), dtype=torch.float32, pin_memory=pin_memory)
         rows = out.numpy()
         row_bytes = self.vocab_size * FLOAT_BYTES
         for row, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
-            target = memoryview(rows[row, :length]).cast("B")
-            read = os.preadv(self._descriptor, [target], start * row_bytes)
-            if read != length * row_bytes:
-                raise OSError(f"{self.path}: short read ({read} of {length * row_bytes} bytes; changed under the run)")
+            _read_fully(self._descriptor, memoryview(rows[row, :length]).cast("B"), start * row_bytes, self.path)
             rows[row, length:] = 0.0
         return out
 
 
+def _read_fully(descriptor: int, buffer: memoryview, offset: int, path: Path) -> None:
+    """Fill `buffer` from `offset`; a read returns at most ~2 GiB on Linux, so short reads go on."""
+    done = 0
+    while done < len(buffer):
+        read = os.preadv(descriptor, [buffer[done:]], offset + done)
+        if read == 0:
+            raise TiekdError(f"{path}: ended {offset + done:,} bytes in, inside a row it should hold (the file changed "
+                             "under the run). Fix: remove its folder; the next run builds it again")
+        done += read
+
+
+def _write_fully(descriptor: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(descriptor, data[done:], offset + done)
+
+
 def open_or_build(cache_dir: str | Path, teacher_dir: str | Path, teacher, corpus, max_tokens: int,
-                  device: torch.device, quiet: bool = False) -> TeacherLogitCache:
+                  device: torch.device, quiet: bool = False, start_id: int | None = None, precision: str = "auto",
+                  key: dict | None = None) -> TeacherLogitCache:
     """The cache of `teacher` (loaded from `teacher_dir`) on `corpus` under `cache_dir`, built first when
-    missing. Another process building the same one is waited for."""
-    key = cache_key(teacher_dir, teacher, corpus)
+    missing. Another process building the same one is waited for. `start_id` is the decoder start id of
+    the gold prefixes (default the teacher's; a run passes its student's) and `precision` the run's
+    (tiekd.training.devices.autocast_context), under which the teacher is run as live. `key`: from
+    `cache_key`, when the caller has it already."""
+    from ..training.devices import autocast_context
+
+    start_id = teacher.config.decoder_start_token_id if start_id is None else start_id
+    autocast = autocast_context(device, precision)
+    autocast_dtype = str(autocast.fast_dtype).removeprefix("torch.") if isinstance(autocast, torch.autocast) else None
+    key = key if key is not None else cache_key(teacher_dir, teacher, corpus, start_id, autocast_dtype)
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"{key['teacher_dtype']}-{_key_name(key)}"
+    if (folder / RECORD_FILE).is_file():  # complete: records are written last (no lock: the folder may be read-only)
+        if not quiet:
+            print(f"teacher-logit cache: reading {folder}", flush=True)
+        return TeacherLogitCache(folder)
     with writes.guarded(cache_dir):
         cache_dir.mkdir(parents=True, exist_ok=True)
-    # never removed, so every process locks the same file (no race with a holder's cleanup)
-    with open(cache_dir / f".{folder.name}.lock", "a") as lock:
+    lock_path = cache_dir / f".{folder.name}.lock"  # never removed: every process locks the same file
+    try:
+        lock = open(lock_path, "a")
+    except OSError as error:
+        raise TiekdError(f"{lock_path}: cannot be created to build the teacher-logit cache ({error.strerror}). Fix: "
+                         "give --teacher-cache a folder you can write to") from error
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,7 +197,7 @@ def open_or_build(cache_dir: str | Path, teacher_dir: str | Path, teacher, corpu
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (folder / RECORD_FILE).is_file():
-                _build(folder, key, teacher, corpus, max_tokens, device, quiet)
+                _build(folder, key, teacher, corpus, max_tokens, device, autocast, quiet)
             elif not quiet:
                 print(f"teacher-logit cache: reading {folder}", flush=True)
         finally:
@@ -161,7 +205,8 @@ def open_or_build(cache_dir: str | Path, teacher_dir: str | Path, teacher, corpu
     return TeacherLogitCache(folder)
 
 
-def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: torch.device, quiet: bool) -> None:
+def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: torch.device, autocast,
+           quiet: bool) -> None:
     """Run the teacher over `corpus` in length-sorted batches and store its logits at every label position."""
     from tqdm import tqdm
 
@@ -172,6 +217,7 @@ def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: to
     vocab = key["vocab_size"]
     row_bytes = vocab * FLOAT_BYTES
     size = int(offsets[-1]) * row_bytes
+    writes.sweep_leftovers(folder.parent)  # a killed build's half-written folder must not count as used space
     free = shutil.disk_usage(folder.parent).free
     if size > free:
         raise TiekdError(f"{folder}: the teacher-logit cache needs {size / 1e9:,.1f} GB ({int(offsets[-1]):,} target "
@@ -189,17 +235,17 @@ def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: to
             try:
                 os.ftruncate(descriptor, size)
                 for batch_number in tqdm(range(len(plan)), desc="teacher logits", unit="batch", disable=quiet):
-                    batch = batching.collate(corpus, plan[batch_number]).to(device)
-                    with torch.inference_mode():
-                        logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         decoder_input_ids=shift_right(batch.labels, teacher.config.decoder_start_token_id),
-                                         use_cache=False).logits.float().cpu().numpy()
+                    batch = batching.collate(corpus, plan[batch_number])
                     lengths = (batch.labels != pad).sum(dim=1).tolist()
+                    batch = batch.to(device)
+                    with torch.inference_mode(), autocast:
+                        logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         decoder_input_ids=shift_right(batch.labels, key["start_id"]),
+                                         use_cache=False).logits.float().cpu().numpy()
                     writes.write_point(logits_path)
                     for row, (index, length) in enumerate(zip(batch.indices, lengths)):
                         data = memoryview(np.ascontiguousarray(logits[row, :length])).cast("B")
-                        if os.pwrite(descriptor, data, int(offsets[index]) * row_bytes) != len(data):
-                            raise OSError(28, "short write", str(logits_path))
+                        _write_fully(descriptor, data, int(offsets[index]) * row_bytes)
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
@@ -209,16 +255,20 @@ def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: to
                                                          "max_tokens": max_tokens})
 
 
-def open_for_run(config, teacher, corpus, device: torch.device, dist, quiet: bool) -> TeacherLogitCache:
-    """A training run's cache (`config.teacher_cache`): rank 0 builds it when missing while the other
+def open_for_run(config, teacher, corpus, start_id: int, device: torch.device, dist, quiet: bool) -> TeacherLogitCache:
+    """A training run's cache (`config.teacher_cache`), for gold prefixes that start with the student's
+    `start_id` and a teacher under the run's precision: rank 0 builds it when missing while the other
     ranks wait (building takes minutes: past the default group's wait), then every rank opens it."""
     from ..training.distributed import open_long_waits, wait_for_all
 
+    def open_cache(quiet: bool) -> TeacherLogitCache:
+        return open_or_build(config.teacher_cache, config.teacher, teacher, corpus, config.max_tokens, device, quiet,
+                             start_id=start_id, precision=config.precision)
+
     open_long_waits(dist)
-    if dist.is_main:
-        open_or_build(config.teacher_cache, config.teacher, teacher, corpus, config.max_tokens, device, quiet)
+    cache = open_cache(quiet) if dist.is_main else None
     wait_for_all(dist)
-    return open_or_build(config.teacher_cache, config.teacher, teacher, corpus, config.max_tokens, device, quiet=True)
+    return cache if cache is not None else open_cache(quiet=True)
 
 
 def cached_teacher_inputs(cache: TeacherLogitCache | None, batch, pad_id: int, device: torch.device) -> dict:
@@ -226,4 +276,5 @@ def cached_teacher_inputs(cache: TeacherLogitCache | None, batch, pad_id: int, d
     logits, or nothing without a cache."""
     if cache is None:
         return {}
-    return {"gold_teacher_logits": cache.gold_logits(batch.indices, batch.labels, pad_id).to(device, non_blocking=True)}
+    logits = cache.gold_logits(batch.indices, batch.labels.cpu(), pad_id, pin_memory=device.type == "cuda")
+    return {"gold_teacher_logits": logits.to(device, non_blocking=True)}

@@ -100,8 +100,8 @@ class Trainer:
         if not online:
             self.teacher = None  # it has decoded the targets: training needs its memory more
         self.train_corpus = load_corpus(self.prepared, train_files, self.tokenizer, max_positions)
-        self.teacher_cache = open_for_run(config, self.teacher, self.train_corpus, self.device, self.dist,
-                                          self.quiet) if config.teacher_cache else None
+        self.teacher_cache = (open_for_run(config, self.teacher, self.train_corpus, self.objective.start_id,
+                                           self.device, self.dist, self.quiet) if config.teacher_cache else None)
         self.validator = Validator(self.tokenizer, *split_files(self.prepared, config.valid_split), config, self.dist,
                                    self.device, max_positions, self.prepared)
         self.batches = batching.make_batches(self.train_corpus, config.max_tokens)
@@ -148,14 +148,14 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         parts: dict[str, torch.Tensor] = {}
         for micro, batch_id in enumerate(mine):
-            batch = batching.collate(self.train_corpus, self.batches[batch_id]).to(self.device)
-            sync = micro == len(mine) - 1
+            batch = batching.collate(self.train_corpus, self.batches[batch_id])
+            cached = cached_teacher_inputs(self.teacher_cache, batch, self.pad_id, self.device)  # read on the CPU
+            batch, sync = batch.to(self.device), micro == len(mine) - 1
             no_sync = contextlib.nullcontext
             if self.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
                 self.student.set_requires_gradient_sync(sync)
             elif self.dist.enabled and not sync:
                 no_sync = self.train_module.no_sync
-            cached = cached_teacher_inputs(self.teacher_cache, batch, self.pad_id, self.device)
             with no_sync(), autocast_context(self.device, config.precision):
                 loss, stats = self.train_module(batch.input_ids, batch.attention_mask, batch.labels, **cached)
             with no_sync():
