@@ -418,7 +418,7 @@ class Pipeline:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick",
                         help="quick (the README job: 9-19 min on 2 CPU cores), cpu (~4 core-hours), "
-                             "converged (~38 core-hours), capacity (~55 core-hours), gpu (one GPU), and the paper's "
+                             "converged (~38 core-hours), capacity (~51 core-hours, ~38 with --teacher-cache), gpu (one GPU), and the paper's "
                              "WMT settings for GPUs: wmt14-en-de, wmt14-en-fr, wmt16-en-ro")
     parser.add_argument("--config", help="experiment YAML (overrides --preset); see tiekd/presets/")
     parser.add_argument("--out", required=True, help="experiment folder (rerun the same command to continue)")
