@@ -147,6 +147,10 @@ def test_another_start_id_or_precision_gets_its_own_cache(prepared, teacher_dir,
     plain, _, corpus = build_cache(prepared, teacher_dir, tmp_path / "cache")
     assert plain.record["key"]["autocast"] is None and plain.record["key"]["start_id"] == corpus.pad_id
     bf16, _, _ = build_cache(prepared, teacher_dir, tmp_path / "cache", precision="bf16")
+    from tiekd.kd.teacher_cache import other_caches
+
+    assert list(other_caches(tmp_path / "cache", bf16.folder)) == [plain.folder]  # named when another is built
+    assert other_caches(tmp_path / "cache", bf16.folder)[plain.folder] > (plain.folder / "logits.f32").stat().st_size
     other_start, _, _ = build_cache(prepared, teacher_dir, tmp_path / "cache", start_id=corpus.eos_id)
     assert len({plain.folder, bf16.folder, other_start.folder}) == 3
     assert bf16.record["key"]["autocast"] == "bfloat16"

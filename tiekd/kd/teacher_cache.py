@@ -219,10 +219,16 @@ def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: to
     size = int(offsets[-1]) * row_bytes
     writes.sweep_leftovers(folder.parent)  # a killed build's half-written folder must not count as used space
     free = shutil.disk_usage(folder.parent).free
+    others = other_caches(folder.parent, folder)
+    held = (f" The folder holds {len(others)} other cache(s) of {sum(others.values()) / 1e9:,.1f} GB ("
+            + ", ".join(path.name for path in others) + "), for other teachers or data: remove those no run uses."
+            ) if others else ""
     if size > free:
         raise TiekdError(f"{folder}: the teacher-logit cache needs {size / 1e9:,.1f} GB ({int(offsets[-1]):,} target "
-                         f"positions x {vocab:,} logits x 4 bytes) and {free / 1e9:,.1f} GB are free there. Fix: give "
-                         "--teacher-cache a folder on a larger disk, or drop --teacher-cache to run the teacher live")
+                         f"positions x {vocab:,} logits x 4 bytes) and {free / 1e9:,.1f} GB are free there.{held} Fix: "
+                         "give --teacher-cache a folder on a larger disk, or drop --teacher-cache to run the teacher live")
+    if held and not quiet:
+        print(f"teacher-logit cache:{held}", flush=True)
     plan = batching.make_batches(corpus, max_tokens)
     if not quiet:
         print(f"teacher-logit cache: computing the teacher's logits on {len(corpus):,} pairs ({size / 1e9:,.1f} GB) "
@@ -253,6 +259,16 @@ def _build(folder: Path, key: dict, teacher, corpus, max_tokens: int, device: to
             np.save(staging / OFFSETS_FILE, offsets)
         writes.atomic_write_json(staging / RECORD_FILE, {"key": key, "positions": int(offsets[-1]), "bytes": size,
                                                          "max_tokens": max_tokens})
+
+
+def other_caches(cache_dir: Path, but: Path) -> dict[Path, int]:
+    """The complete caches in `cache_dir` other than `but`, with their sizes in bytes: a new teacher or new
+    data gets a new cache beside the old ones, which nothing removes by itself."""
+    found = {}
+    for record in sorted(cache_dir.glob(f"*/{RECORD_FILE}")):
+        if record.parent != but:
+            found[record.parent] = sum(path.stat().st_size for path in record.parent.iterdir() if path.is_file())
+    return found
 
 
 def open_for_run(config, teacher, corpus, start_id: int, device: torch.device, dist, quiet: bool) -> TeacherLogitCache:
