@@ -56,7 +56,8 @@ def _row(tmp_path, tokenizer, name, size, seed, bleu, diffs, curve):
     records = [{"kind": "valid", "step": 100 * (i + 1), "bleu": b, "train_core_seconds": 360.0 * (i + 1)}
                for i, b in enumerate(curve)]
     (folder / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return {"name": name, "method": name.lower(), "size": size, "seed": seed, "folder": str(folder),
+    return {"name": name, "method": {"No-KD": "none", "TIE-KD": "tie-kd"}[name], "size": size, "seed": seed,
+            "folder": str(folder),
             "baseline": "No-KD" if name == "No-KD" else None,
             "scores": {"pooled": {"bleu": bleu, "chrf": 2 * bleu}}, "analysis": {"top1_agreement": 0.5},
             "significance": {key: {"diff": d, "p_value": 0.01} for key, d in diffs.items()}}
@@ -90,5 +91,27 @@ def test_the_table_by_size_orders_sizes_by_parameters_and_tests_over_seeds(tmp_p
     assert micro["late_gain"] == [0.0] * 3
     assert lines[3]["late_gain"][0] == pytest.approx(11 - 1 - (8 - 1))  # mean(9,10,11) - mean(6,7,8)
     text = "\n".join(size_view.markdown(lines, ["No-KD"], "all 4 test sets pooled", "gain.png"))
-    assert "| micro | " in text and "not converged" in text.split("| nano |")[-1]
+    assert "| micro | " in text and "not converged (3 of 3)" in text.split("| nano |")[-1]
+    assert "[s1 +1.00 (p=0.010), s2 +1.20 (p=0.010), s3 +0.80 (p=0.010)]" in text and "t-test n=3 p=" in text
+    assert "s1 +0.00, s2 +0.00, s3 +0.00: converged" in text
     assert size_view.plot_gains(lines, "No-KD", tmp_path / "gain.png", "pooled").is_file()
+    # where the teacher's logits came from: no config.yaml here, so "live" for TIE-KD, none for No-KD
+    assert lines[1]["teacher_source"] == ["live"] * 3 and lines[0]["teacher_source"] == ["–"] * 3
+    # across sizes: micro +1.00 ± t(0.975, 2) * 0.2 / sqrt(3); nano +0.10; Welch between them
+    found = size_view.trend(lines, "TIE-KD", "No-KD")
+    micro_entry, nano_entry = found["sizes"]
+    assert micro_entry["half_width"] == pytest.approx(4.3027 * 0.2 / 3 ** 0.5, rel=1e-3)
+    # equal variances and sizes: Welch's dof is 2 (n - 1) = 4 exactly (computed as 3.9999999...)
+    assert found["ends"]["difference"] == pytest.approx(0.9) and found["ends"]["dof"] == 4
+    assert "- TIE-KD − No-KD: micro +1.00 [+0.50, +1.50] (n=3); nano +0.10" in text
+
+
+def test_welch_and_the_t_quantile_match_tabulated_values():
+    from tiekd.experiment.size_view import t_quantile, welch
+
+    assert t_quantile(2) == pytest.approx(4.3027, rel=1e-4) and t_quantile(10) == pytest.approx(2.2281, rel=1e-4)
+    found = welch([1.0, 2.0, 3.0], [1.0, 1.5, 2.0, 2.5])  # s^2 1 and 0.4167 over n 3 and 4
+    a, b = 1 / 3, (5 / 12) / 4
+    assert found["t"] == pytest.approx((2 - 1.75) / (a + b) ** 0.5)
+    assert found["dof"] == int((a + b) ** 2 / (a * a / 2 + b * b / 3))
+    assert welch([1.0], [2.0, 3.0]) is None

@@ -2,7 +2,9 @@
 results/schedule_check, through the experiment report's own size view (tiekd.experiment.size_view).
 
     python results/capacity/tools/capacity_table.py --experiment RUNS/capacity2 \\
-        --tiny-rows results/schedule_check --out results/capacity/table.md --plot results/capacity/gain_by_size.png
+        --tiny-rows results/schedule_check --out results/capacity/table.md --plot results/capacity/gain_by_size.png \\
+        --plot-vs-word results/capacity/gain_over_word_kd.png \\
+        --switched tie-kd-mini-seed1=1538 --switched tie-kd-nano-seed1=1781
 
 Why a tool and not the report: tiny's No-KD, Word-KD and TIE-KD rows were trained by the schedule check
 (5,400 updates at lr 2e-3, the same released teacher and data), not by this experiment, and their weights
@@ -11,6 +13,11 @@ chrF, paired approximate randomization against the same seed's baselines) and th
 (core-hours, the convergence test). Top-1 agreement needs the weights, so tiny's is left empty ("–").
 Run it from the root of a checkout (the experiment file names its teacher relative to it); it reads only
 finished rows (those with a stage.json), so it gives the table so far while the experiment runs.
+
+Besides the size view's columns, each row is tested against the teacher (sacreBLEU's paired approximate
+randomization of its pooled translations against the teacher's: at which size a student stops reaching
+it), and `--switched ROW=UPDATE` names rows that ran the live teacher up to UPDATE and read the
+teacher-logit cache after it (their run config, saved at the start, cannot say so).
 """
 
 from __future__ import annotations
@@ -73,12 +80,29 @@ def tiny_rows(source: Path, config, tokenizer, staging: Path) -> list[dict]:
     return rows
 
 
+def add_teacher_tests(table: dict, config, refs: list[str], teacher: Path) -> None:
+    """Each row's pooled translations against the teacher's: significance["vs_teacher"], as a baseline's."""
+    from tiekd.evaluation.evaluate import paired_significance
+    from tiekd.experiment.report import POOLED, view_hyps
+
+    teacher_hyps = view_hyps(teacher, config, POOLED)
+    for row in table["students"]:
+        hyps = view_hyps(row["folder"], config, POOLED)
+        tests = paired_significance(teacher_hyps, hyps, refs, resamples=config.bootstrap_resamples,
+                                    trials=config.randomization_trials)
+        difference = row["scores"][POOLED]["bleu"] - table["teacher"]["scores"][POOLED]["bleu"]
+        row["significance"]["vs_teacher"] = {"diff": difference, "p_value": tests["bleu"]["p_ar"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", type=Path, required=True, help="the capacity experiment's folder")
     parser.add_argument("--tiny-rows", type=Path, help="results/schedule_check (tiny's No-KD, Word-KD, TIE-KD rows)")
     parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
     parser.add_argument("--plot", type=Path, help="the gain-by-size plot to write")
+    parser.add_argument("--plot-vs-word", type=Path, help="the gain over Word-KD by size, a second plot")
+    parser.add_argument("--switched", action="append", default=[], metavar="ROW=UPDATE",
+                        help="a row that read the teacher-logit cache from UPDATE on (the live teacher before)")
     parser.add_argument("--json", type=Path, help="the table's lines as JSON")
     parser.add_argument("--teacher-model", type=Path,
                         help="the teacher's model folder, where the experiment's own path (relative to the checkout "
@@ -109,15 +133,23 @@ def main() -> int:
                 raise SystemExit(f"{row['folder']}: its translations do not line up with {data}'s test sets")
         add_pooled_scores(table, config)
         add_significance(table, args.experiment, config)
+        add_teacher_tests(table, config, refs, teacher)
+        switched = dict(item.split("=", 1) for item in args.switched)
+        for row in table["students"]:
+            if Path(row["folder"]).name in switched:
+                row["teacher_source"] = f"live to {int(switched[Path(row['folder']).name]):,}, then cached"
         lines = size_view.size_lines(table, POOLED)
     where = "all four test sets pooled (3,532 sentences)"
     plot = ""
     baselines = baseline_names(table["students"])
     if args.plot and baselines and size_view.plot_gains(lines, baselines[0], args.plot, where) is not None:
         plot = args.plot.name
+    plots = {}
+    if args.plot_vs_word and size_view.plot_gains(lines, "Word-KD", args.plot_vs_word, where) is not None:
+        plots["BLEU gain over Word-KD by student size"] = args.plot_vs_word.name
     teacher_pooled = table["teacher"]["scores"][POOLED]
     md = [f"Teacher: {teacher_pooled['bleu']:.2f} BLEU, {teacher_pooled['chrf']:.2f} chrF on {where}.", "",
-          *size_view.markdown(lines, baselines, where, plot)]
+          *size_view.markdown(lines, baselines, where, plot, plots)]
     args.out.write_text("\n".join(md) + "\n")
     if args.json:
         args.json.write_text(json.dumps(lines, indent=1, default=str) + "\n")
