@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--methods", default="none,word-kd,tie-kd:1,tie-kd:3")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--teacher-cache", metavar="DIR", help="teacher-logit cache folder for the NAME+cache methods "
-                        "(needs --teacher-model)")
+                        "(a preset teacher is saved there first, to be named by its files)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -119,9 +119,14 @@ def main() -> None:
     if "+cache" in args.methods:
         from tiekd.kd.teacher_cache import open_or_build
 
-        if not (args.teacher_cache and args.teacher_model):
-            raise SystemExit("NAME+cache methods need --teacher-cache DIR and --teacher-model")
-        cache = open_or_build(args.teacher_cache, args.teacher_model, teacher, corpus, args.max_tokens, device)
+        if not args.teacher_cache:
+            raise SystemExit("NAME+cache methods need --teacher-cache DIR")
+        teacher_dir = args.teacher_model
+        if teacher_dir is None:  # a preset teacher (random weights): saved once, so that the cache can name it
+            teacher_dir = Path(args.teacher_cache) / f"preset-teacher-{args.teacher}"
+            if not (teacher_dir / "config.json").is_file():
+                teacher.save_pretrained(teacher_dir)
+        cache = open_or_build(args.teacher_cache, teacher_dir, teacher, corpus, args.max_tokens, device)
     results = []
     for spec in args.methods.split(","):
         method, cached = spec.removesuffix("+cache"), spec.endswith("+cache")

@@ -30,6 +30,12 @@ timeout 150 python3 benchmarks/bench_train_step.py --data "$WORK/data" --device 
   --max-tokens 8192 --steps 15 --warmup 3 --json "$WORK/bench_step_base_big.json" > "$OUT/bench_step.txt" 2>&1
 timeout 90 python3 benchmarks/bench_train_step.py --data "$WORK/data" --device cuda --student small --teacher teacher \
   --max-tokens 8192 --steps 15 --warmup 3 --json "$WORK/bench_step_small_teacher.json" >> "$OUT/bench_step.txt" 2>&1
+log "teacher-logit cache against the live teacher"
+# builds the cache of the whole training set (14.5 GB at 8k pieces) first: does reading it pay on a GPU?
+timeout 100 python3 benchmarks/bench_train_step.py --data "$WORK/data" --device cuda --student small --teacher teacher \
+  --max-tokens 8192 --steps 15 --warmup 3 --methods none,word-kd,word-kd+cache,tie-kd:3,tie-kd:3+cache \
+  --teacher-cache "$WORK/teacher-cache" --json "$WORK/bench_step_teacher_cache.json" > "$OUT/bench_teacher_cache.txt" 2>&1
+rm -rf "$WORK/teacher-cache"
 log "loss benchmark"
 timeout 60 python3 benchmarks/bench_losses.py --device cuda --tokens 4096 --vocab 8000 --repeat 3 \
   --json "$WORK/bench_losses.json" > "$OUT/bench_losses.txt" 2>&1
