@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -95,8 +96,18 @@ def test_the_table_by_size_orders_sizes_by_parameters_and_tests_over_seeds(tmp_p
     assert "[s1 +1.00 (p=0.010), s2 +1.20 (p=0.010), s3 +0.80 (p=0.010)]" in text and "t-test n=3 p=" in text
     assert "s1 +0.00, s2 +0.00, s3 +0.00: converged" in text
     assert size_view.plot_gains(lines, "No-KD", tmp_path / "gain.png", "pooled").is_file()
-    # where the teacher's logits came from: no config.yaml here, so "live" for TIE-KD, none for No-KD
-    assert lines[1]["teacher_source"] == ["live"] * 3 and lines[0]["teacher_source"] == ["–"] * 3
+    # against a later baseline, an earlier one would only mirror it: with nothing else, no plot
+    mirrored = [{**line, "name": "No-KD", "against": {"Word-KD": line["against"]["No-KD"]}} for line in lines[1::2]]
+    assert size_view.plot_gains(mirrored, "Word-KD", tmp_path / "w.png", "pooled", ["No-KD", "Word-KD"]) is None
+    # where the teacher's logits came from: no config.yaml here, so unknown ("?") for TIE-KD, none for No-KD
+    assert lines[1]["teacher_source"] == ["?"] * 3 and lines[0]["teacher_source"] == ["–"] * 3
+    (Path(rows[6]["folder"]) / "run" / "config.yaml").write_text("teacher_cache: ''\n")
+    (Path(rows[7]["folder"]) / "run" / "config.yaml").write_text("teacher_cache: /c\n")
+    assert [size_view.teacher_source(Path(r["folder"]) / "run", "tie-kd") for r in rows[6:8]] == ["live", "cached"]
+    assert "teacher logits" not in text  # nothing cached: no column
+    rows[8]["teacher_source"] = "live to 1,538, then cached"  # a row that switched part-way shows the column
+    switched = "\n".join(size_view.markdown(size_view.size_lines(table, "pooled"), ["No-KD"], "pooled", ""))
+    assert "teacher logits" in switched and "live to 1,538, then cached" in switched
     # across sizes: micro +1.00 ± t(0.975, 2) * 0.2 / sqrt(3); nano +0.10; Welch between them
     found = size_view.trend(lines, "TIE-KD", "No-KD")
     micro_entry, nano_entry = found["sizes"]
@@ -104,6 +115,18 @@ def test_the_table_by_size_orders_sizes_by_parameters_and_tests_over_seeds(tmp_p
     # equal variances and sizes: Welch's dof is 2 (n - 1) = 4 exactly (computed as 3.9999999...)
     assert found["ends"]["difference"] == pytest.approx(0.9) and found["ends"]["dof"] == 4
     assert "- TIE-KD − No-KD: micro +1.00 [+0.50, +1.50] (n=3); nano +0.10" in text
+
+
+def test_equal_differences_over_seeds_get_no_interval_and_no_test():
+    from tiekd.experiment import size_view
+
+    item = size_view.paired_over_seeds([2.0, 2.0, 2.0])
+    assert item["p"] is None and item["no_spread"]
+    assert "no spread over 3 seeds: no t-test" in size_view._against({**item, "per_seed": [(1, 2.0, 0.01)] * 3})
+    line = {"name": "TIE-KD", "size": "tiny", "params": 1, "against": {"No-KD": {**item, "per_seed": [(1, 2.0, 0.01)] * 3}}}
+    found = size_view.trend([line], "TIE-KD", "No-KD")
+    assert found["sizes"][0]["half_width"] is None
+    assert "no spread over the seeds: no interval" in size_view.trend_markdown(found)
 
 
 def test_welch_and_the_t_quantile_match_tabulated_values():

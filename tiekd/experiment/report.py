@@ -287,7 +287,7 @@ def _size_section(table: dict, out: Path, main_test: str, where: str) -> list[st
     baselines = baseline_names(table["students"])
     lines = size_view.size_lines(table, main_test)
     plot = "gain_by_size.png"
-    if not baselines or size_view.plot_gains(lines, baselines[0], out / plot, where) is None:
+    if not baselines or size_view.plot_gains(lines, baselines[0], out / plot, where, baselines) is None:
         plot = ""
     return size_view.markdown(lines, baselines, where, plot)
 

@@ -68,6 +68,7 @@ def paired_over_seeds(differences: list[float]) -> dict:
     if count > 1 and result["std"]:
         result["t"] = result["mean"] / (result["std"] / math.sqrt(count))
         result["p"] = t_test_p(result["t"], count - 1)
+    result["no_spread"] = count > 1 and not result["std"]  # equal differences: no test, no interval
     return result
 
 
@@ -138,17 +139,21 @@ def core_hours(run_folder: Path) -> float | None:
 
 def teacher_source(run_folder: Path, method: str) -> str:
     """Where the run's teacher logits on gold prefixes came from: "cached" (its config names a teacher
-    cache), "live", or "–" for a method that runs no teacher inside its updates."""
+    cache), "live", "–" for a method that runs no teacher inside its updates, or "?" where the run's
+    config cannot be read."""
     import yaml
 
     from ..kd.methods import get_method, runs_teacher_on_gold
 
-    if not runs_teacher_on_gold(get_method(method)):
-        return "–"
+    from ..errors import TiekdError
+
     try:
+        if not runs_teacher_on_gold(get_method(method)):
+            return "–"
         saved = yaml.safe_load((Path(run_folder) / "config.yaml").read_text()) or {}
-    except OSError:
-        return "live"
+    except (OSError, yaml.YAMLError, TiekdError):  # no run config, or a method this tiekd does not know
+        return "?"
+    # a run resumed with a cache keeps the config it started with: name such rows where the table is made
     return "cached" if saved.get("teacher_cache") else "live"
 
 
@@ -204,8 +209,8 @@ def trend(lines: list[dict], method: str, baseline: str) -> dict | None:
         if line["name"] != method or item is None:
             continue
         diffs = [d for _, d, _ in item["per_seed"]]
-        half = (t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-                if len(diffs) > 1 else None)
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        half = t_quantile(len(diffs) - 1) * spread / math.sqrt(len(diffs)) if spread else None
         sizes.append({"size": line["size"], "params": line["params"], "diffs": diffs, "mean": statistics.fmean(diffs),
                       "half_width": half})
     if not sizes:
@@ -221,7 +226,8 @@ def trend_markdown(found: dict) -> str:
     parts = []
     for entry in found["sizes"]:
         interval = (f" [{entry['mean'] - entry['half_width']:+.2f}, {entry['mean'] + entry['half_width']:+.2f}]"
-                    if entry["half_width"] is not None else "")
+                    if entry["half_width"] is not None
+                    else " (no spread over the seeds: no interval)" if len(entry["diffs"]) > 1 else "")
         parts.append(f"{entry['size']} {entry['mean']:+.2f}{interval} (n={len(entry['diffs'])})")
     line = f"- {found['method']} − {found['baseline']}: " + "; ".join(parts)
     ends = found["ends"]
@@ -246,7 +252,8 @@ def _against(item: dict | None) -> str:
     if item is None:
         return "–"
     seeds = ", ".join(f"s{seed} {d:+.2f} ({_p_value(p)})" for seed, d, p in item["per_seed"])
-    over = f"; t-test n={item['n']} {_p_value(item['p'])}" if item["p"] is not None else ""
+    over = (f"; t-test n={item['n']} {_p_value(item['p'])}" if item["p"] is not None
+            else f"; no spread over {item['n']} seeds: no t-test" if item.get("no_spread") else "")
     return f"{item['mean']:+.2f}{over} [{seeds}]"
 
 
@@ -263,14 +270,16 @@ def _convergence(line: dict) -> str:
 def markdown(lines: list[dict], baselines: list[str], where: str, plot: str, plots: dict | None = None) -> list[str]:
     """The results.md section; `plots` adds more figures ({caption: file})."""
     extra = ["Teacher"] if any("Teacher" in line["against"] for line in lines) else []
-    sourced = any(source == "cached" for line in lines for source in line.get("teacher_source", []))
+    sourced = any("cached" in source for line in lines for source in line.get("teacher_source", []))
     header = ["size", "params (of teacher)", "method", "seeds", f"BLEU {where}", f"chrF {where}",
               *[f"Δ vs {b}" for b in [*baselines, *extra]], "top-1 agr. %", "core-hours",
               *(["teacher logits"] if sourced else []), "last-25% gain (3-val. means)"]
     out = ["## By student size (the capacity gap)", "",
            f"BLEU and chrF on {where}, mean ± std over seeds. Δ: mean same-seed difference, the paired t-test "
            "over seeds (n: the seeds with both rows), and in brackets each seed's difference with sacreBLEU's paired "
-           f"approximate-randomization p. Core-hours: training CPU time each run logged (validation excluded)"
+           "approximate-randomization p" + ("; against the Teacher, one fixed run, the t-test is of the students' "
+           "differences to its score, without the teacher's own run-to-run spread" if extra else "")
+           + ". Core-hours: training CPU time each run logged (validation excluded)"
            + ("; a KD row that read its teacher's gold-prefix logits from a cache (\"cached\") logs fewer" if sourced
               else "") + f". Last-25% gain: each seed's; all below {CONVERGED_BELOW}: converged.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -295,7 +304,7 @@ def markdown(lines: list[dict], baselines: list[str], where: str, plot: str, plo
     return out + ["", *[item for caption, file in figures.items() for item in (f"![{caption}]({file})", "")]]
 
 
-def plot_gains(lines: list[dict], baseline: str, path: Path, where: str) -> Path | None:
+def plot_gains(lines: list[dict], baseline: str, path: Path, where: str, baselines: list[str] = ()) -> Path | None:
     """Gain over `baseline` (same size and seed) against parameters, log x; a line per method, seeds as dots."""
     import matplotlib
 
@@ -306,9 +315,11 @@ def plot_gains(lines: list[dict], baseline: str, path: Path, where: str) -> Path
     methods: dict[str, list[tuple[int, list[float]]]] = {}
     sizes = {}
     for line in lines:
-        sizes[line["params"]] = f"{line['size']}\n{line['params'] / 1e6:.2f}M ({100 * line['share']:.0f}%)"
+        sizes[line["params"]] = f"{line['size']}\n{line['params'] / 1e6:.2f}M ({100 * line['share']:.1f}%)"
         item = line["against"].get(baseline)
-        if item is not None and line["name"] != baseline:
+        # a baseline listed before `baseline` would only mirror that baseline's own gain over it
+        earlier = baseline in baselines and line["name"] in baselines[:list(baselines).index(baseline)]
+        if item is not None and line["name"] != baseline and not earlier:
             methods.setdefault(line["name"], []).append((line["params"], [d for _, d, _ in item["per_seed"]]))
     if not methods:
         return None

@@ -134,18 +134,30 @@ def main() -> int:
         add_pooled_scores(table, config)
         add_significance(table, args.experiment, config)
         add_teacher_tests(table, config, refs, teacher)
-        switched = dict(item.split("=", 1) for item in args.switched)
-        for row in table["students"]:
+        switched = {}
+        for item in args.switched:
+            name, _, update = item.partition("=")
+            if not update.isdigit():
+                raise SystemExit(f"--switched {item!r}: write ROW=UPDATE, e.g. tie-kd-mini-seed1=1538")
+            switched[name] = int(update)
+        unknown = sorted(name for name in switched if not (args.experiment / "students" / name).is_dir())
+        if unknown:
+            raise SystemExit(f"--switched names no row: {', '.join(unknown)}. Fix: use a folder name under "
+                             f"{args.experiment / 'students'}")
+        for row in table["students"]:  # a row still training is named too: it shows once it has finished
             if Path(row["folder"]).name in switched:
-                row["teacher_source"] = f"live to {int(switched[Path(row['folder']).name]):,}, then cached"
+                row["teacher_source"] = f"live to {switched[Path(row['folder']).name]:,}, then cached"
+        # one method order (and plot colour) whatever finished first: the experiment's own
+        order = list(dict.fromkeys(spec.name for spec in config.students))
+        table["students"].sort(key=lambda row: order.index(row["name"]) if row["name"] in order else len(order))
         lines = size_view.size_lines(table, POOLED)
     where = "all four test sets pooled (3,532 sentences)"
     plot = ""
     baselines = baseline_names(table["students"])
-    if args.plot and baselines and size_view.plot_gains(lines, baselines[0], args.plot, where) is not None:
+    if args.plot and baselines and size_view.plot_gains(lines, baselines[0], args.plot, where, baselines) is not None:
         plot = args.plot.name
     plots = {}
-    if args.plot_vs_word and size_view.plot_gains(lines, "Word-KD", args.plot_vs_word, where) is not None:
+    if args.plot_vs_word and size_view.plot_gains(lines, "Word-KD", args.plot_vs_word, where, baselines) is not None:
         plots["BLEU gain over Word-KD by student size"] = args.plot_vs_word.name
     teacher_pooled = table["teacher"]["scores"][POOLED]
     md = [f"Teacher: {teacher_pooled['bleu']:.2f} BLEU, {teacher_pooled['chrf']:.2f} chrF on {where}.", "",

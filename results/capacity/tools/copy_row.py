@@ -19,7 +19,7 @@ def placeholders(experiment: Path, worktree: Path | None, shared: Path | None) -
     """(local prefix, placeholder) pairs, longest first so that a folder inside another is named by its own."""
     pairs = [(str(experiment.resolve().parent) + "/", "<runs>/")]
     if worktree is not None:
-        pairs.append((str(worktree.resolve()), "<worktree>"))
+        pairs.append((str(worktree.resolve()) + "/", "<worktree>/"))
     if shared is not None:
         pairs.append((str(shared.resolve()) + "/", "../shared/"))
     return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
