@@ -98,6 +98,7 @@ def main() -> None:
     from tiekd.config import RunConfig
     from tiekd.models import build_model, load_model, parameter_count
     from tiekd.kd.objectives import DistillationObjective
+    from tiekd.kd.teacher_cache import cached_teacher_inputs
     from tiekd.training.malloc_tuning import keep_freed_memory
     from tiekd.training.trainer import autocast_context, pick_device
 
@@ -148,8 +149,7 @@ def main() -> None:
                 sync(device)
                 started, cpu_started = time.perf_counter(), time.process_time()
                 tokens = flops = 0.0
-            extra = {"gold_teacher_logits": cache.gold_logits(batch.indices, batch.labels, tokenizer.pad_token_id)
-                     .to(device)} if cached else {}
+            extra = cached_teacher_inputs(cache if cached else None, batch, tokenizer.pad_token_id, device)
             batch = batch.to(device)
             with autocast_context(device, "auto"):
                 loss, _ = module(batch.input_ids, batch.attention_mask, batch.labels, **extra)
