@@ -143,9 +143,8 @@ def teacher_source(run_folder: Path, method: str) -> str:
     config cannot be read."""
     import yaml
 
-    from ..kd.methods import get_method, runs_teacher_on_gold
-
     from ..errors import TiekdError
+    from ..kd.methods import get_method, runs_teacher_on_gold
 
     try:
         if not runs_teacher_on_gold(get_method(method)):
@@ -208,11 +207,11 @@ def trend(lines: list[dict], method: str, baseline: str) -> dict | None:
         item = line["against"].get(baseline)
         if line["name"] != method or item is None:
             continue
+        # mean, std and no_spread are paired_over_seeds' own, over these same per-seed differences
         diffs = [d for _, d, _ in item["per_seed"]]
-        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-        half = t_quantile(len(diffs) - 1) * spread / math.sqrt(len(diffs)) if spread else None
-        sizes.append({"size": line["size"], "params": line["params"], "diffs": diffs, "mean": statistics.fmean(diffs),
-                      "half_width": half})
+        half = t_quantile(item["n"] - 1) * item["std"] / math.sqrt(item["n"]) if item["std"] else None
+        sizes.append({"size": line["size"], "params": line["params"], "diffs": diffs, "mean": item["mean"],
+                      "half_width": half, "no_spread": item["no_spread"]})
     if not sizes:
         return None
     tested = [entry for entry in sizes if len(entry["diffs"]) > 1]
@@ -227,7 +226,7 @@ def trend_markdown(found: dict) -> str:
     for entry in found["sizes"]:
         interval = (f" [{entry['mean'] - entry['half_width']:+.2f}, {entry['mean'] + entry['half_width']:+.2f}]"
                     if entry["half_width"] is not None
-                    else " (no spread over the seeds: no interval)" if len(entry["diffs"]) > 1 else "")
+                    else " (no spread over the seeds: no interval)" if entry["no_spread"] else "")
         parts.append(f"{entry['size']} {entry['mean']:+.2f}{interval} (n={len(entry['diffs'])})")
     line = f"- {found['method']} − {found['baseline']}: " + "; ".join(parts)
     ends = found["ends"]
@@ -314,12 +313,12 @@ def plot_gains(lines: list[dict], baseline: str, path: Path, where: str, baselin
     order = list(dict.fromkeys(line["name"] for line in lines))  # a colour per method, the same in every plot
     methods: dict[str, list[tuple[int, list[float]]]] = {}
     sizes = {}
+    # a baseline listed before `baseline` would only mirror that baseline's own gain over it
+    earlier = set(baselines[:list(baselines).index(baseline)]) if baseline in baselines else set()
     for line in lines:
         sizes[line["params"]] = f"{line['size']}\n{line['params'] / 1e6:.2f}M ({100 * line['share']:.1f}%)"
         item = line["against"].get(baseline)
-        # a baseline listed before `baseline` would only mirror that baseline's own gain over it
-        earlier = baseline in baselines and line["name"] in baselines[:list(baselines).index(baseline)]
-        if item is not None and line["name"] != baseline and not earlier:
+        if item is not None and line["name"] != baseline and line["name"] not in earlier:
             methods.setdefault(line["name"], []).append((line["params"], [d for _, d, _ in item["per_seed"]]))
     if not methods:
         return None
