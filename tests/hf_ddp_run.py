@@ -15,6 +15,7 @@ from transformers import DataCollatorForSeq2Seq
 from tiekd.data.tokenizer import load_tokenizer
 from tiekd.hf import DistillationConfig, DistillationTrainer, SentencePairs
 from tiekd.models import build_model, load_model
+from tiekd.training.process_exit import run_and_exit
 
 
 def main(prepared: Path, teacher_dir: Path, out: Path, accumulation: int) -> None:
@@ -39,4 +40,6 @@ def main(prepared: Path, teacher_dir: Path, out: Path, accumulation: int) -> Non
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+    # a torchrun rank ends as tiekd's own ranks do, without the interpreter's shutdown, where a gloo thread
+    # that outlives the process group can abort a finished rank (tiekd/training/process_exit.py)
+    run_and_exit(lambda: main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))
