@@ -14,6 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
+# the run's files a kept row carries besides its translations and stage.json (restore_rows.py reads them back)
+RUN_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/summary.json")
+
 
 def placeholders(experiment: Path, worktree: Path | None, shared: Path | None) -> list[tuple[str, str]]:
     """(local prefix, placeholder) pairs, longest first so that a folder inside another is named by its own."""
@@ -33,7 +36,7 @@ def copy_row(experiment: Path, row: str, out: Path, pairs: list[tuple[str, str]]
     (target / "run").mkdir(parents=True, exist_ok=True)
     for hyp in sorted(source.glob("*.hyp")):
         shutil.copy(hyp, target / hyp.name)
-    for name in ("stage.json", "run/config.yaml", "run/metrics.jsonl", "run/summary.json"):
+    for name in ("stage.json", *RUN_FILES):
         text = (source / name).read_text(encoding="utf-8")
         for prefix, placeholder in pairs:
             text = text.replace(prefix, placeholder)

@@ -25,18 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # copy_row.py beside it, whose placeholders this undoes
 
-RUN_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/summary.json")
+from copy_row import RUN_FILES, placeholders  # noqa: E402
 
 
 def local_folders(experiment: Path, worktree: Path | None, shared: Path | None) -> list[tuple[str, str]]:
     """(placeholder, local prefix) pairs: copy_row.placeholders the other way round."""
-    pairs = [("<runs>/", str(experiment.resolve().parent) + "/")]
-    if worktree is not None:
-        pairs.append(("<worktree>/", str(worktree.resolve()) + "/"))
-    if shared is not None:
-        pairs.append(("../shared/", str(shared.resolve()) + "/"))
-    return pairs
+    return [(placeholder, local) for local, placeholder in placeholders(experiment, worktree, shared)]
 
 
 def restore_row(kept: Path, experiment: Path, pairs: list[tuple[str, str]], tokenizer) -> Path:
@@ -52,19 +48,23 @@ def restore_row(kept: Path, experiment: Path, pairs: list[tuple[str, str]], toke
         raise SystemExit(f"{kept}: no {missing[0]}, so it is not a row copy_row.py kept. Fix: name a folder of "
                          "results/capacity/table (or long_schedule)")
     size = json.loads((kept / "stage.json").read_text())["settings"]["student"]["model"]
-    (target / "run").mkdir(parents=True, exist_ok=True)
-    for hyp in sorted(kept.glob("*.hyp")):
-        shutil.copy(hyp, target / hyp.name)
-    # stage.json last: until it is written, the pipeline sees an unfinished row and would retrain it
-    for name in (*RUN_FILES, "stage.json"):
+
+    def localized(name: str) -> str:
         text = (kept / name).read_text(encoding="utf-8")
         for placeholder, local in pairs:
             text = text.replace(placeholder, local)
-        if name == "stage.json":
-            build_model(size, tokenizer).config.save_pretrained(target / "model")
-            (target / "restored.json").write_text(json.dumps(
-                {"from": str(kept), "weights": "not kept; model/ holds only the size's config"}, indent=1) + "\n")
-        (target / name).write_text(text, encoding="utf-8")
+        return text
+
+    (target / "run").mkdir(parents=True, exist_ok=True)
+    for hyp in sorted(kept.glob("*.hyp")):
+        shutil.copy(hyp, target / hyp.name)
+    for name in RUN_FILES:
+        (target / name).write_text(localized(name), encoding="utf-8")
+    build_model(size, tokenizer).config.save_pretrained(target / "model")
+    (target / "restored.json").write_text(json.dumps(
+        {"from": str(kept), "weights": "not kept; model/ holds only the size's config"}, indent=1) + "\n")
+    # stage.json last: until it is written, the pipeline sees an unfinished row and would retrain it
+    (target / "stage.json").write_text(localized("stage.json"), encoding="utf-8")
     return target
 
 
